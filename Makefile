@@ -1,0 +1,34 @@
+# The two commands of the Quickstart: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= development.ini
+
+.PHONY: run test install install-test lint clean
+
+run: $(VENV)/.installed  ## start a worker on development.ini (no server needed)
+	$(BIN)/host celeryd --config $(CONFIG)
+
+test: $(VENV)/.installed-test  ## install what the tests need and run the whole suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check core plugins example_ext tests
+	$(BIN)/ruff format --check core plugins example_ext tests
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# The framework and example_ext are installed editable, each as its own distribution,
+# so their entry points come from real *.dist-info folders.
+$(VENV)/.installed: $(BIN)/python setup.py example_ext/setup.py
+	$(BIN)/python -m pip install -q -e . -e ./example_ext
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed setup.py
+	$(BIN)/python -m pip install -q -e '.[test,redis]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) data .pytest_cache build *.egg-info example_ext/*.egg-info

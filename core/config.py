@@ -1,0 +1,450 @@
+"""Read an ini file into a validated, typed :class:`HostConfig`.
+
+Configuration flows one way: ini file (plus environment overrides) ->
+:class:`HostConfig` -> ``app.conf``. Nothing else in the framework reads the
+file or the environment for settings.
+
+The ini follows PasteDeploy's conventions, as CKAN's did: settings live in
+``[app:main]``; ``%(here)s`` is the folder holding the file. Two namespaces
+are accepted there:
+
+``celery.<setting>``
+    Any setting from Celery's own option table (``celery.app.defaults``),
+    converted to the type that table gives it.
+``host.<key>``
+    The framework's own keys, listed in :data:`HOST_OPTIONS`.
+
+Environment variables override the file, so secrets need not live in it:
+``HOST_CELERY_<SETTING>`` for any Celery setting, Celery's own
+``CELERY_BROKER_URL``, ``CELERY_RESULT_BACKEND``, ``CELERY_BROKER_READ_URL``
+and ``CELERY_BROKER_WRITE_URL``, and ``HOST_<KEY>`` for a ``host.`` key (dots
+become underscores: ``HOST_EXTENSIONS_ON_ERROR``).
+"""
+
+from __future__ import annotations
+
+import configparser
+import difflib
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError
+
+APP_SECTION = "app:main"
+DEFAULT_CONFIG = "development.ini"
+CONFIG_ENV = "HOST_CONFIG"
+
+#: Celery's own environment variable names, honoured for compatibility.
+CELERY_ENV_ALIASES = {
+    "CELERY_BROKER_URL": "broker_url",
+    "CELERY_BROKER_READ_URL": "broker_read_url",
+    "CELERY_BROKER_WRITE_URL": "broker_write_url",
+    "CELERY_RESULT_BACKEND": "result_backend",
+}
+HOST_CELERY_ENV_PREFIX = "HOST_CELERY_"
+
+#: What the framework sets unless the ini says otherwise. JSON is the only
+#: serializer accepted: a pickle message can run code on the worker.
+CELERY_DEFAULTS: dict[str, Any] = {
+    "accept_content": ["json"],
+    "result_accept_content": ["json"],
+    "task_serializer": "json",
+    "result_serializer": "json",
+    # Keep retrying the broker at start-up, as Celery 5 does, without its
+    # deprecation warning (celery#7904).
+    "broker_connection_retry_on_startup": True,
+}
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+@dataclass(frozen=True)
+class HostOption:
+    """One ``host.*`` key: its type name, default and help text."""
+
+    type: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+
+
+#: Every ``host.*`` key the framework understands.
+HOST_OPTIONS: dict[str, HostOption] = {
+    "extensions.on_error": HostOption(
+        "string",
+        "fail",
+        "What a broken extension does: 'fail' stops the command (exit 2) "
+        "before any worker starts; 'warn' logs it, skips it and runs the rest.",
+        choices=("fail", "warn"),
+    ),
+    "celery_task.disabled": HostOption(
+        "list",
+        [],
+        "Distribution names of installed extensions whose host.celery_task "
+        "entry points are ignored. By default every installed extension "
+        "contributes, as in CKAN.",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """A validated configuration: where it came from and its typed values."""
+
+    path: Path
+    celery: dict[str, Any]
+    host: dict[str, Any]
+    #: Where each effective value came from: ``"file"``, ``"default"`` or
+    #: ``"env NAME"``, keyed like the ini (``celery.broker_url``).
+    sources: dict[str, str] = field(default_factory=dict)
+    #: True when the file has ``[loggers]``: logging is configured from it.
+    has_logging: bool = False
+    parser: configparser.ConfigParser | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def here(self) -> Path:
+        return self.path.parent
+
+    def host_value(self, key: str) -> Any:
+        return self.host[key]
+
+
+# -- which file -----------------------------------------------------------
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
+    """Pick the ini file: ``--config``, else ``$HOST_CONFIG``, else ./development.ini."""
+    if explicit:
+        return _existing(Path(explicit), "given with --config")
+    if environ.get(CONFIG_ENV):
+        return _existing(Path(environ[CONFIG_ENV]), f"named by ${CONFIG_ENV}")
+    default = Path(DEFAULT_CONFIG)
+    if default.is_file():
+        return default.resolve()
+    raise ConfigError(
+        f"no configuration file: --config was not given, ${CONFIG_ENV} is not set, "
+        f"and there is no {DEFAULT_CONFIG} in {Path.cwd()}",
+        hint=f"pass --config FILE, set {CONFIG_ENV}=FILE, or run from the folder "
+        f"holding {DEFAULT_CONFIG}",
+    )
+
+
+def _existing(path: Path, how: str) -> Path:
+    if not path.is_file():
+        raise ConfigError(
+            f"configuration file {path} ({how}) does not exist",
+            hint="check the path; relative paths are taken from the current folder",
+        )
+    return path.resolve()
+
+
+# -- reading --------------------------------------------------------------
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> HostConfig:
+    """Resolve, read, convert and validate the configuration.
+
+    :param path: the ini file; ``None`` follows :func:`resolve_config_path`.
+    :param environ: the environment to take overrides from (``os.environ``
+        when ``None``); tests pass their own.
+    """
+    environ = os.environ if environ is None else environ
+    ini = resolve_config_path(path, environ)
+    parser = _read(ini)
+    raw = _section_values(parser, ini)
+    celery, host, sources = {}, {}, {}
+    for key, value in raw.items():
+        namespace, _, name = key.partition(".")
+        if namespace == "celery":
+            celery[name] = convert_celery(name, value, path=str(ini), key=key)
+        elif namespace == "host":
+            host[name] = convert_host(name, value, path=str(ini), key=key)
+        else:
+            raise ConfigError(
+                "unknown key: settings in this section start with 'celery.' or 'host.'",
+                path=str(ini), section=APP_SECTION, key=key,
+                hint=f"write celery.{key} for a Celery setting, or remove it",
+            )
+        sources[key] = "file"
+    _apply_environment(environ, celery, host, sources)
+    for name, value in CELERY_DEFAULTS.items():
+        if name not in celery:
+            celery[name], sources[f"celery.{name}"] = value, "default"
+    for name, option in HOST_OPTIONS.items():
+        if name not in host:
+            host[name], sources[f"host.{name}"] = option.default, "default"
+    _check_serializers(celery, sources, str(ini))
+    has_logging = parser.has_section("loggers")
+    if has_logging:
+        celery.setdefault("worker_hijack_root_logger", False)
+    return HostConfig(ini, celery, host, sources, has_logging, parser)
+
+
+def _read(ini: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=configparser.BasicInterpolation())
+    try:
+        with ini.open(encoding="utf-8") as fh:
+            parser.read_file(fh)
+    except configparser.Error as e:
+        raise ConfigError(
+            f"not a valid ini file: {_one_line(e)}",
+            path=str(ini),
+            hint="fix the line named above; see docs/configuration.md for the format",
+        ) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot be read: {e}", path=str(ini)) from e
+    if not parser.has_section(APP_SECTION):
+        raise ConfigError(
+            f"has no [{APP_SECTION}] section",
+            path=str(ini),
+            hint=f"put the host.* and celery.* settings under a [{APP_SECTION}] header",
+        )
+    return parser
+
+
+def _section_values(parser: configparser.ConfigParser, ini: Path) -> dict[str, str]:
+    """The keys written in ``[app:main]``, interpolated with ``%(here)s``."""
+    variables = {"here": str(ini.parent), "__file__": str(ini)}
+    keys = [k for k in parser.options(APP_SECTION) if k not in parser.defaults()]
+    values = {}
+    for key in keys:
+        try:
+            values[key] = parser.get(APP_SECTION, key, vars=variables)
+        except configparser.Error as e:
+            raise ConfigError(
+                f"cannot interpolate the value: {_one_line(e)}",
+                path=str(ini), section=APP_SECTION, key=key,
+                hint="use %(here)s for the ini's folder and write a literal % as %%",
+            ) from e
+    return values
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+# -- conversion -----------------------------------------------------------
+
+
+def celery_options() -> dict[str, str]:
+    """Celery's option table as ``{setting: type name}``."""
+    from celery.app.defaults import NAMESPACES, flatten
+
+    types = {}
+    for key, option in flatten(NAMESPACES):
+        kind = option.type
+        # Celery's table names one type by the class instead of its name
+        # (beat_cron_starting_deadline uses type=int).
+        types[key] = kind.__name__ if isinstance(kind, type) else kind
+    return types
+
+
+def convert_celery(name: str, value: str, *, path: str, key: str) -> Any:
+    """Convert one ``celery.`` value to the type Celery's option table gives it."""
+    options = _cached_celery_options()
+    if name not in options:
+        raise ConfigError(
+            "unknown Celery setting",
+            path=path, section=APP_SECTION if path != "environment" else None, key=key,
+            hint=_suggest(name, options, render=lambda k: f"celery.{k}")
+            + " (see https://docs.celeryq.dev/en/stable/userguide/configuration.html)",
+        )
+    return _convert(options[name], value, path=path, key=key)
+
+
+def convert_host(name: str, value: str, *, path: str, key: str) -> Any:
+    """Convert and check one ``host.`` value."""
+    option = HOST_OPTIONS.get(name)
+    section = APP_SECTION if path != "environment" else None
+    if option is None:
+        raise ConfigError(
+            "unknown host setting", path=path, section=section, key=key,
+            hint=_suggest(name, HOST_OPTIONS, render=lambda k: f"host.{k}"),
+        )
+    converted = _convert(option.type, value, path=path, key=key)
+    if option.choices and converted not in option.choices:
+        raise ConfigError(
+            f"{value!r} is not one of {', '.join(option.choices)}",
+            path=path, section=section, key=key,
+        )
+    return converted
+
+
+def _suggest(name: str, known: Mapping[str, Any], render: Callable[[str], str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {render(close[0])}?"
+    return "the known keys are listed in docs/configuration.md"
+
+
+_cache: dict[str, dict[str, str]] = {}
+
+
+def _cached_celery_options() -> dict[str, str]:
+    if "celery" not in _cache:
+        _cache["celery"] = celery_options()
+    return _cache["celery"]
+
+
+def _convert(kind: str, value: str, *, path: str, key: str) -> Any:
+    text = value.strip()
+    if text == "" and kind != "string":
+        return [] if kind in ("list", "tuple") else None
+    try:
+        return _CONVERTERS.get(kind, _to_any)(text)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(
+            f"{text!r} is not {_EXPECTED.get(kind, kind)}: {e}",
+            path=path,
+            section=APP_SECTION if path != "environment" else None,
+            key=key,
+        ) from e
+
+
+def _to_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("use true/false, yes/no, on/off or 1/0")
+
+
+def _to_list(text: str) -> list[Any]:
+    if text.startswith("["):
+        parsed = _json(text)
+        if not isinstance(parsed, list):
+            raise ValueError("expected a JSON list")
+        return parsed
+    return [item for item in re.split(r"[\s,]+", text) if item]
+
+
+def _to_dict(text: str) -> dict[str, Any]:
+    parsed = _json(text)
+    if not isinstance(parsed, dict):
+        raise ValueError("expected a JSON object such as {\"key\": 1}")
+    return parsed
+
+
+def _to_any(text: str) -> Any:
+    """Structured values are JSON; anything else stays a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"invalid JSON ({e.msg} at column {e.colno})") from None
+
+
+_CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "string": str,
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": _to_bool,
+    "list": _to_list,
+    "tuple": _to_list,
+    "dict": _to_dict,
+    "bytes": str.encode,
+    "any": _to_any,
+}
+_EXPECTED = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+    "list": "a list (space or comma separated, or JSON)",
+    "tuple": "a list (space or comma separated, or JSON)",
+    "dict": "a JSON object",
+}
+
+
+# -- environment and checks -----------------------------------------------
+
+
+def host_env_name(key: str) -> str:
+    """``extensions.on_error`` -> ``HOST_EXTENSIONS_ON_ERROR``."""
+    return "HOST_" + key.replace(".", "_").upper()
+
+
+def _apply_environment(
+    environ: Mapping[str, str], celery: dict[str, Any], host: dict[str, Any], sources: dict[str, str]
+) -> None:
+    options = _cached_celery_options()
+    for var, name in CELERY_ENV_ALIASES.items():
+        if var in environ:
+            celery[name] = convert_celery(name, environ[var], path="environment", key=var)
+            sources[f"celery.{name}"] = f"env {var}"
+    for var in sorted(environ):
+        if not var.startswith(HOST_CELERY_ENV_PREFIX):
+            continue
+        name = var[len(HOST_CELERY_ENV_PREFIX):].lower()
+        if name not in options:
+            raise ConfigError(
+                "unknown Celery setting in the environment", path="environment", key=var,
+                hint=_suggest(name, options, render=lambda k: HOST_CELERY_ENV_PREFIX + k.upper()),
+            )
+        celery[name] = convert_celery(name, environ[var], path="environment", key=var)
+        sources[f"celery.{name}"] = f"env {var}"
+    for key in HOST_OPTIONS:
+        var = host_env_name(key)
+        if var in environ:
+            host[key] = convert_host(key, environ[var], path="environment", key=var)
+            sources[f"host.{key}"] = f"env {var}"
+
+
+def _check_serializers(celery: dict[str, Any], sources: dict[str, str], path: str) -> None:
+    """A serializer the workers would refuse is a configuration error, not lost tasks."""
+    accepted = set(celery["accept_content"] or [])
+    for name in ("task_serializer", "result_serializer"):
+        serializer = celery.get(name)
+        if serializer and serializer not in accepted and _mime(serializer) not in accepted:
+            raise ConfigError(
+                f"celery.{name} = {serializer} is not in celery.accept_content "
+                f"({', '.join(sorted(accepted))}); workers would reject every such message",
+                path=path, section=APP_SECTION,
+                hint=f"accepting {serializer} must be explicit: add it to celery.accept_content",
+            )
+
+
+def _mime(serializer: str) -> str:
+    return {"json": "application/json", "pickle": "application/x-python-serialize",
+            "yaml": "application/x-yaml", "msgpack": "application/x-msgpack"}.get(serializer, serializer)
+
+
+# -- showing ----------------------------------------------------------------
+
+_SECRET_KEY = re.compile(r"password|secret|token|passwd|api_key", re.IGNORECASE)
+
+
+def mask(value: Any, key: str = "") -> Any:
+    """Hide passwords: in URLs, in dicts, and under keys that name a secret."""
+    if isinstance(value, Mapping):
+        return {k: mask(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(mask(v, key) for v in value)
+    if key and _SECRET_KEY.search(key) and value not in (None, ""):
+        return "********"
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    return value
+
+
+def mask_url(url: str) -> str:
+    """``amqp://user:secret@host//`` -> ``amqp://user:**@host//``; several URLs
+    separated by ``;`` (kombu's fail-over syntax) are each masked."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    return ";".join(maybe_sanitize_url(part) for part in url.split(";"))

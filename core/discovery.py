@@ -1,0 +1,249 @@
+"""Find the tasks installed extensions contribute (CKAN's ``celery_task`` pattern).
+
+An extension's ``setup.py`` names a function in the entry-point group
+``host.celery_task``::
+
+    entry_points={"host.celery_task": ["tasks = example_ext.celery_import:task_imports"]}
+
+:func:`discover` calls each such ``task_imports()``, imports every module it
+returns, and records which task names each module registered on the app.
+Every failure becomes an :class:`~core.errors.ExtensionError` that names the
+distribution and version, the entry point, the module and the cause; nothing
+is raised from here, so ``host tasks`` can show every problem at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import importlib_metadata
+
+from core.config import HostConfig
+from core.errors import DuplicateTaskError, ExtensionError, HostError
+
+GROUP = "host.celery_task"
+_MODULE_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+@dataclass
+class Extension:
+    """One ``host.celery_task`` entry point and what it contributed."""
+
+    distribution: str
+    version: str
+    entry_point: str
+    modules: list[str] = field(default_factory=list)
+    #: task name -> module that registered it
+    tasks: dict[str, str] = field(default_factory=dict)
+    error: ExtensionError | None = None
+    disabled: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.distribution}=={self.version}"
+
+
+@dataclass
+class Discovery:
+    """The outcome of one discovery run."""
+
+    extensions: list[Extension]
+
+    @property
+    def errors(self) -> list[HostError]:
+        return [ext.error for ext in self.extensions if ext.error is not None]
+
+    @property
+    def modules(self) -> list[str]:
+        return [m for ext in self.active for m in ext.modules]
+
+    @property
+    def active(self) -> list[Extension]:
+        return [ext for ext in self.extensions if not ext.disabled and ext.error is None]
+
+    def task_rows(self) -> list[dict[str, str]]:
+        """One row per task: name, extension, distribution version, module."""
+        return sorted(
+            (
+                {"task": task, "extension": ext.distribution, "version": ext.version, "module": module}
+                for ext in self.active
+                for task, module in ext.tasks.items()
+            ),
+            key=lambda row: row["task"],
+        )
+
+    @property
+    def task_names(self) -> list[str]:
+        return [row["task"] for row in self.task_rows()]
+
+
+def normalize(name: str) -> str:
+    """PEP 503 name normalisation: ``Example_Ext`` and ``example-ext`` are one."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def task_entry_points(group: str = GROUP) -> list[importlib_metadata.EntryPoint]:
+    """The installed entry points of ``group``, in a stable order."""
+    eps = importlib_metadata.entry_points(group=group)
+    return sorted(eps, key=lambda ep: (normalize(ep.dist.name if ep.dist else ""), ep.name))
+
+
+def describe(ep: importlib_metadata.EntryPoint) -> str:
+    """``host.celery_task:tasks = example_ext.celery_import:task_imports``."""
+    return f"{ep.group}:{ep.name} = {ep.value}"
+
+
+def discover(
+    app: Any, config: HostConfig, entry_points: Iterable[importlib_metadata.EntryPoint] | None = None
+) -> Discovery:
+    """Import every enabled extension's task modules into ``app``.
+
+    :param app: the configured Celery app the task modules register on.
+    :param config: supplies ``host.celery_task.disabled``.
+    :param entry_points: for tests; default: the installed ``host.celery_task`` ones.
+    """
+    disabled = {normalize(name) for name in config.host["celery_task.disabled"]}
+    extensions = []
+    owners: dict[str, Extension] = {}
+    for ep in task_entry_points() if entry_points is None else entry_points:
+        ext = _extension(ep)
+        extensions.append(ext)
+        if normalize(ext.distribution) in disabled:
+            ext.disabled = True
+            continue
+        try:
+            _load(app, ep, ext, owners)
+        except ExtensionError as e:
+            ext.error = e
+            _unload(app, ext)
+    return Discovery(extensions)
+
+
+def _extension(ep: importlib_metadata.EntryPoint) -> Extension:
+    dist = ep.dist
+    name = dist.name if dist is not None else "(unknown distribution)"
+    version = dist.version if dist is not None else "?"
+    return Extension(name, version, describe(ep))
+
+
+def _load(app: Any, ep: importlib_metadata.EntryPoint, ext: Extension, owners: dict[str, Extension]) -> None:
+    task_imports = _import_entry_point(ep, ext)
+    modules = _call_task_imports(task_imports, ext)
+    ext.modules = modules
+    for module in modules:
+        owners[module] = ext
+        _import_task_module(app, module, ext, owners)
+        ext.tasks.update(
+            (name, module) for name, task in app.tasks.items() if _defined_in(task, module)
+        )
+
+
+def _defined_in(task: Any, module: str) -> bool:
+    return getattr(task, "__module__", None) == module
+
+
+def _import_entry_point(ep: importlib_metadata.EntryPoint, ext: Extension) -> Any:
+    module = ep.value.partition(":")[0].strip()
+    try:
+        return ep.load()
+    except Exception as e:
+        raise _import_failure(e, module, ext, what="its entry point") from e
+
+
+def _call_task_imports(task_imports: Any, ext: Extension) -> list[str]:
+    hint = "task_imports() must return module paths such as ['example_ext.tasks']"
+    if not callable(task_imports):
+        raise _error(ext, f"the entry point is a {type(task_imports).__name__}, not a function", hint=hint)
+    try:
+        result = task_imports()
+    except Exception as e:
+        raise _error(ext, f"task_imports() raised {_exc(e)}{_where(e)}", hint=hint) from e
+    if isinstance(result, (str, bytes)) or not isinstance(result, Iterable):
+        raise _error(ext, f"task_imports() returned {result!r}, not a list of module paths", hint=hint)
+    modules = list(result)
+    bad = [m for m in modules if not isinstance(m, str) or not _MODULE_PATH.match(m)]
+    if bad:
+        raise _error(ext, f"task_imports() returned {bad[0]!r}, which is not a module path", hint=hint)
+    return list(dict.fromkeys(modules))
+
+
+def _import_task_module(app: Any, module: str, ext: Extension, owners: dict[str, Extension]) -> None:
+    try:
+        importlib.import_module(module)
+    except DuplicateTaskError as e:
+        first = _owner_label(app.tasks[e.name].__module__, owners)
+        raise _error(
+            ext,
+            f"task name {e.name!r} in module {module} is already registered by {first}",
+            module=module,
+            hint="task names must be unique across extensions: rename one, or disable one "
+            "extension with host.celery_task.disabled",
+        ) from e
+    except Exception as e:
+        raise _import_failure(e, module, ext, what="a module task_imports() returned") from e
+
+
+def _owner_label(module: str, owners: dict[str, Extension]) -> str:
+    owner = owners.get(module)
+    return f"{owner.label} (module {module})" if owner else f"module {module}"
+
+
+def _import_failure(e: Exception, module: str, ext: Extension, what: str) -> ExtensionError:
+    """Tell "not installed" from "broken inside"."""
+    missing = getattr(e, "name", None) if isinstance(e, ModuleNotFoundError) else None
+    if missing and (module == missing or module.startswith(missing + ".")):
+        return _error(
+            ext,
+            f"module {module} ({what}) is not installed",
+            module=module,
+            not_installed=True,
+            hint=f"reinstall {ext.distribution} (pip install {ext.distribution}), or uninstall it",
+        )
+    if missing:
+        cause = f"it imports {missing}, which is not installed"
+        hint = f"install {missing}, or the extra of {ext.distribution} that provides it"
+    else:
+        cause = f"it raised {_exc(e)}{_where(e)}"
+        hint = f"fix the module, or disable the extension: host.celery_task.disabled = {ext.distribution}"
+    return _error(ext, f"module {module} ({what}) is broken: {cause}", module=module, hint=hint)
+
+
+def _error(ext: Extension, message: str, *, module: str | None = None, not_installed: bool = False,
+           hint: str | None = None) -> ExtensionError:
+    return ExtensionError(
+        message,
+        distribution=ext.distribution,
+        version=ext.version,
+        entry_point=ext.entry_point,
+        module=module,
+        not_installed=not_installed,
+        hint=hint,
+    )
+
+
+def _exc(e: BaseException) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _where(e: BaseException) -> str:
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" at {last.filename}, line {last.lineno}"
+
+
+def _unload(app: Any, ext: Extension) -> None:
+    """Leave nothing of a broken extension behind: its tasks and half-imported modules."""
+    for module in ext.modules:
+        for name in [n for n, t in app.tasks.items() if _defined_in(t, module)]:
+            app.tasks.pop(name, None)
+        sys.modules.pop(module, None)
+    ext.tasks.clear()

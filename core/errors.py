@@ -1,0 +1,103 @@
+"""The one exception family of host-framework.
+
+Every problem the framework can diagnose is a :class:`HostError`. Each
+subclass carries the offending object as attributes (file, section and key;
+distribution, entry point and module) so callers can act on it, and a
+message written for the person who has to fix it: what is wrong, where, and
+what to do. ``core.cli`` is the only place that turns these into exit codes.
+"""
+
+from __future__ import annotations
+
+
+class HostError(Exception):
+    """Base class: a problem the user can fix, reported without a traceback."""
+
+    #: Exit status the CLI uses; 2 means "the configuration is wrong".
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  -> {self.hint}" if self.hint else self.message
+
+
+class ConfigError(HostError):
+    """The ini file (or the environment overriding it) is invalid."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        section: str | None = None,
+        key: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = ", ".join(
+            part
+            for part in (
+                path,
+                f"section [{section}]" if section else None,
+                f"key {key!r}" if key else None,
+            )
+            if part
+        )
+        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+        self.path, self.section, self.key = path, section, key
+
+
+class ExtensionError(HostError):
+    """An installed extension could not contribute its tasks.
+
+    ``not_installed`` tells "a module it names is not installed" apart from
+    "a module exists but raised while importing".
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        distribution: str,
+        version: str,
+        entry_point: str,
+        module: str | None = None,
+        not_installed: bool = False,
+        hint: str | None = None,
+    ) -> None:
+        source = f"extension {distribution}=={version} (entry point {entry_point})"
+        super().__init__(f"{source}: {message}", hint=hint)
+        self.distribution, self.version = distribution, version
+        self.entry_point, self.module = entry_point, module
+        self.not_installed = not_installed
+
+
+class DuplicateTaskError(HostError):
+    """Two sources register the same task name."""
+
+    def __init__(self, name: str, first: str, second: str) -> None:
+        super().__init__(
+            f"task name {name!r} is registered twice: by {first} and by {second}",
+            hint="rename one of the tasks, or disable one extension with "
+            "host.celery_task.disabled in the ini",
+        )
+        self.name, self.first, self.second = name, first, second
+
+
+class UsageError(HostError):
+    """A command-line argument is wrong (unknown task, argument not JSON...)."""
+
+
+class TaskFailed(HostError):
+    """The task ran and raised; not a configuration problem."""
+
+    exit_code = 1
+
+
+class ResultTimeout(HostError):
+    """Waiting for a result gave up; the task may still run later."""
+
+    exit_code = 1

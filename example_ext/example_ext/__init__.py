@@ -1,0 +1,1 @@
+"""example-ext: a host-framework extension."""

@@ -1,0 +1,46 @@
+"""The example extension's tasks: the patterns the docs teach."""
+
+from core.celery_app import celery
+
+
+@celery.task(name="example.echo")
+def echo(message):
+    """Print the message in the worker's console and return it."""
+    print(message)
+    return message
+
+
+@celery.task(name="example.add")
+def add(x, y):
+    return x + y
+
+
+class TransientError(Exception):
+    """A failure worth retrying: a timeout, a busy remote service."""
+
+
+@celery.task(name="example.flaky", bind=True)
+def flaky(self, failures, value="done"):
+    """Fail ``failures`` times with a transient error, then succeed.
+
+    Retries the way CKAN's guide shows: ``retry(exc=..., countdown=..., max_retries=...)``.
+    """
+    try:
+        if self.request.retries < failures:
+            raise TransientError(f"attempt {self.request.retries + 1} failed")
+    except TransientError as e:
+        # Retry in half a second, at most 10 times; then the task fails with e.
+        raise self.retry(exc=e, countdown=0.5, max_retries=10)
+    return {"value": value, "retries": self.request.retries}
+
+
+class WordCount(celery.Task):
+    """A class-based task: complex work gets a class, registered explicitly."""
+
+    name = "example.word_count"
+
+    def run(self, text):
+        return len(text.split())
+
+
+celery.register_task(WordCount())

@@ -1,0 +1,31 @@
+"""host-framework: the extension framework for Celery background tasks."""
+
+from setuptools import setup
+
+setup(
+    name="host-framework",
+    version="0.1.0",
+    description="Run one Celery app whose tasks come from separately installed extensions.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    packages=["core", "plugins"],
+    python_requires=">=3.10",
+    install_requires=[
+        # 5.7 reports duplicate task names through one method we escalate to an error.
+        "celery>=5.7,<6",
+        # Earlier kombu can drop a failed publish silently.
+        "kombu>=5.7,<6",
+        "pluggy>=1.5",
+        "importlib-metadata>=6",
+        "click>=8.1",
+        # Celery's database result backend, used by the embedded result store.
+        "sqlalchemy>=2.0",
+    ],
+    extras_require={
+        "redis": ["redis>=5"],
+        "flower": ["flower>=2"],
+        "test": ["pytest>=8", "hypothesis>=6", "redis>=5", "supervisor>=4.2"],
+    },
+    entry_points={"console_scripts": ["host = core.cli:main"]},
+)

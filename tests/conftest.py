@@ -1,0 +1,113 @@
+"""Shared fixtures: real services, real *.dist-info folders, real worker processes.
+
+Services: a test marked ``rabbitmq`` or ``redis`` uses the real server on
+127.0.0.1. Without ``CI=true`` it is skipped, with the reason, when the server
+does not answer; with ``CI=true`` it fails instead, so CI never passes by
+skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RABBITMQ_URL = os.environ.get("HOST_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+REDIS_URL = os.environ.get("HOST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _require(service: str, port: int) -> None:
+    if _answers(port):
+        return
+    message = f"{service} does not answer on 127.0.0.1:{port}"
+    if IN_CI:
+        pytest.fail(f"{message}; with CI=true this test must run (.ci/run starts it)")
+    pytest.skip(f"{message} (start it, or run with CI=true to make this a failure)")
+
+
+@pytest.fixture(autouse=True)
+def _services(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("rabbitmq"):
+        _require("RabbitMQ", 5672)
+    if request.node.get_closest_marker("redis"):
+        _require("Redis", 6379)
+
+
+# -- real distributions ----------------------------------------------------
+
+
+class Site:
+    """A folder on ``sys.path`` holding distributions written as real files.
+
+    Each distribution gets ``NAME-VERSION.dist-info/{METADATA,entry_points.txt}``
+    and its package's modules, exactly as pip would leave them.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def add(
+        self,
+        name: str,
+        version: str = "1.0",
+        entry_points: dict[str, dict[str, str]] | None = None,
+        files: dict[str, str] | None = None,
+    ) -> Path:
+        dist_info = self.path / f"{name.replace('-', '_')}-{version}.dist-info"
+        dist_info.mkdir(parents=True)
+        (dist_info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", encoding="utf-8"
+        )
+        lines = []
+        for group, eps in (entry_points or {}).items():
+            lines.append(f"[{group}]")
+            lines += [f"{ep_name} = {value}" for ep_name, value in eps.items()]
+            lines.append("")
+        (dist_info / "entry_points.txt").write_text("\n".join(lines), encoding="utf-8")
+        for relative, source in (files or {}).items():
+            target = self.path / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(textwrap.dedent(source), encoding="utf-8")
+        return dist_info
+
+    def entry_points(self, group: str = "host.celery_task") -> list:
+        """Only this site's entry points of ``group`` (not the installed example_ext)."""
+        import importlib_metadata
+
+        found = importlib_metadata.distributions(path=[str(self.path)])
+        return [ep for dist in found for ep in dist.entry_points if ep.group == group]
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    """A fresh site folder on ``sys.path``; the modules it provided are forgotten afterwards."""
+    path = tmp_path / "site"
+    path.mkdir()
+    monkeypatch.syspath_prepend(str(path))
+    before = set(sys.modules)
+    yield Site(path)
+    for name in set(sys.modules) - before:
+        module = sys.modules.get(name)
+        if module is not None and str(getattr(module, "__file__", "") or "").startswith(str(path)):
+            del sys.modules[name]
+
+
+def write_ini(path: Path, body: str) -> Path:
+    """Write an ini file; ``body`` is dedented."""
+    path.write_text(textwrap.dedent(body).lstrip(), encoding="utf-8")
+    return path
