@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -22,7 +23,8 @@ class HostClickError(click.ClickException):
 
     def __init__(self, error: HostError) -> None:
         super().__init__(str(error))
-        self.exit_code = error.exit_code
+        # click declares exit_code on the class; each HostError brings its own.
+        self.exit_code = error.exit_code  # type: ignore[misc]
 
 
 class HostGroup(click.Group):
@@ -68,12 +70,16 @@ class Host:
         path = self.config.path
         try:
             logging.config.fileConfig(
-                path, defaults={"here": str(path.parent), "__file__": str(path)},
+                path,
+                defaults={"here": str(path.parent), "__file__": str(path)},
                 disable_existing_loggers=False,
             )
         except Exception as e:
-            raise ConfigError(f"the logging sections are invalid: {type(e).__name__}: {e}",
-                              path=str(path), hint="see the logging.config file format") from e
+            raise ConfigError(
+                f"the logging sections are invalid: {type(e).__name__}: {e}",
+                path=str(path),
+                hint="see the logging.config file format",
+            ) from e
 
     def tasks_or_fail(self) -> Any:
         """Discovery, failing (exit 2) on any broken extension unless on_error = warn."""
@@ -89,13 +95,17 @@ def _combined(errors: list[HostError]) -> HostError:
     if len(errors) == 1:
         return errors[0]
     text = "\n".join(f"  {i}. {e}" for i, e in enumerate(errors, 1))
-    return HostError(f"{len(errors)} extensions are broken:\n{text}",
-                     hint="fix them, or set host.extensions.on_error = warn to skip broken extensions")
+    return HostError(
+        f"{len(errors)} extensions are broken:\n{text}",
+        hint="fix them, or set host.extensions.on_error = warn to skip broken extensions",
+    )
 
 
 def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
-        "--config", "config_path", metavar="FILE",
+        "--config",
+        "config_path",
+        metavar="FILE",
         help="The ini file (default: $HOST_CONFIG, else ./development.ini).",
     )(f)
 
@@ -109,13 +119,25 @@ def _version() -> str:
         except PackageNotFoundError:
             return "not installed"
 
-    return f"host-framework {v('host-framework')} (celery {v('celery')}, kombu {v('kombu')}, Python {sys.version.split()[0]})"
+    python = sys.version.split()[0]
+    return f"host-framework {v('host-framework')} (celery {v('celery')}, kombu {v('kombu')}, Python {python})"
+
+
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        click.echo(_version())
+        ctx.exit()
 
 
 @click.group(cls=HostGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
-              callback=lambda ctx, _p, value: (click.echo(_version()), ctx.exit()) if value else None,
-              help="Show the versions and exit.")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the versions and exit.",
+)
 def cli() -> None:
     """host-framework: Celery workers and tasks from installed extensions."""
 
@@ -159,15 +181,26 @@ def tasks(config_path: str | None, as_json: bool) -> None:
     host = Host(config_path)
     found = host.discovery
     if as_json:
-        click.echo(json.dumps({
-            "tasks": found.task_rows(),
-            "extensions": [
-                {"distribution": e.distribution, "version": e.version, "entry_point": e.entry_point,
-                 "modules": e.modules, "disabled": e.disabled, "error": str(e.error) if e.error else None}
-                for e in found.extensions
-            ],
-            "errors": [str(e) for e in found.errors],
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "tasks": found.task_rows(),
+                    "extensions": [
+                        {
+                            "distribution": e.distribution,
+                            "version": e.version,
+                            "entry_point": e.entry_point,
+                            "modules": e.modules,
+                            "disabled": e.disabled,
+                            "error": str(e.error) if e.error else None,
+                        }
+                        for e in found.extensions
+                    ],
+                    "errors": [str(e) for e in found.errors],
+                },
+                indent=2,
+            )
+        )
     else:
         click.echo(_task_table(found.task_rows(), title="Tasks"))
         disabled = [e.label for e in found.extensions if e.disabled]
@@ -183,17 +216,32 @@ def tasks(config_path: str | None, as_json: bool) -> None:
 @config_option
 @click.argument("name")
 @click.argument("args", nargs=-1)
-@click.option("--kwargs", "kwargs_json", metavar="JSON", help='Keyword arguments as a JSON object.')
+@click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments as a JSON object.")
 @click.option("--task-id", help="Use this task id instead of a new UUID.")
 @click.option("--countdown", type=float, metavar="S", help="Run no earlier than S seconds from now.")
 @click.option("--eta", metavar="ISO", help="Run no earlier than this time (ISO 8601).")
 @click.option("--queue", "-Q", metavar="Q", help="Send to this queue instead of the task's route.")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
-@click.option("--timeout", type=float, default=60.0, show_default=True, metavar="S",
-              help="With --wait: give up after S seconds.")
-def send(config_path: str | None, name: str, args: tuple[str, ...], kwargs_json: str | None,
-         task_id: str | None, countdown: float | None, eta: str | None, queue: str | None,
-         wait: bool, timeout: float) -> None:
+@click.option(
+    "--timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    metavar="S",
+    help="With --wait: give up after S seconds.",
+)
+def send(
+    config_path: str | None,
+    name: str,
+    args: tuple[str, ...],
+    kwargs_json: str | None,
+    task_id: str | None,
+    countdown: float | None,
+    eta: str | None,
+    queue: str | None,
+    wait: bool,
+    timeout: float,
+) -> None:
     """Send task NAME; each ARG is a JSON value ('"text"', 3, '[1, 2]')."""
     from core import client
 
@@ -205,12 +253,14 @@ def send(config_path: str | None, name: str, args: tuple[str, ...], kwargs_json:
     host = Host(config_path)
     found = host.discovery
     known = set(found.task_names) | {n for n in host.app.tasks if not n.startswith("celery.")}
-    client.check_task_name(name, sorted(known), broken=[str(e.distribution) for e in found.errors
-                                                          if hasattr(e, "distribution")])
+    client.check_task_name(
+        name, sorted(known), broken=[str(e.distribution) for e in found.errors if hasattr(e, "distribution")]
+    )
     if wait:
         client.require_backend(host.app)
-    result = client.send(host.app, name, positional, keywords, task_id=task_id,
-                         countdown=countdown, eta=when, queue=queue)
+    result = client.send(
+        host.app, name, positional, keywords, task_id=task_id, countdown=countdown, eta=when, queue=queue
+    )
     if not wait:
         click.echo(result.id)
         return
@@ -221,8 +271,14 @@ def send(config_path: str | None, name: str, args: tuple[str, ...], kwargs_json:
 @config_option
 @click.argument("task_id")
 @click.option("--wait", is_flag=True, help="Wait until the task has finished.")
-@click.option("--timeout", type=float, default=60.0, show_default=True, metavar="S",
-              help="With --wait: give up after S seconds.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    metavar="S",
+    help="With --wait: give up after S seconds.",
+)
 def result(config_path: str | None, task_id: str, wait: bool, timeout: float) -> None:
     """Show a task's state, and its result or error."""
     from core import client
@@ -256,8 +312,13 @@ def config_show(config_path: str | None, as_json: bool) -> None:
     values.update({f"celery.{k}": v for k, v in sorted(config.celery.items())})
     masked = {key: mask(value, key) for key, value in values.items()}
     if as_json:
-        click.echo(json.dumps({"file": str(config.path), "settings": masked,
-                               "sources": config.sources}, indent=2, default=str))
+        click.echo(
+            json.dumps(
+                {"file": str(config.path), "settings": masked, "sources": config.sources},
+                indent=2,
+                default=str,
+            )
+        )
         return
     click.echo(f"# {config.path}")
     for key, value in masked.items():
