@@ -21,6 +21,7 @@ import os
 from typing import Any
 
 from celery import Celery
+from celery.utils.imports import qualname
 
 from core import embedded
 from core.config import HostConfig, load_config
@@ -36,13 +37,23 @@ class HostCelery(Celery):
 
     def __init__(self, main: str = "host", **kwargs: Any) -> None:
         super().__init__(main, **kwargs)
-        self.on_configure.connect(self._configure_from_environment, weak=False)
+        # Celery calls on_configure when the configuration is first needed. As
+        # a Signal (its default) it would log and swallow our ConfigError and
+        # run on Celery's defaults; as a plain method, the error reaches the caller.
+        self.on_configure = self._configure_from_environment
 
-    def _configure_from_environment(self, sender: Any = None, **kwargs: Any) -> None:
+    def _configure_from_environment(self) -> None:
         if self.host_config is None:
             config = load_config(None, os.environ)
             self.host_config = config
             self.config_from_object(dict(config.celery))
+
+    def _warn_if_duplicate_task_name(self, task: Any, fun: Any, name: str) -> None:
+        # Celery skips the check when the registered task is class-based (it
+        # has no decorated function to compare), silently dropping ``fun``.
+        if getattr(task, "_decorated_fun", None) is None:
+            raise DuplicateTaskError(name, qualname(type(task)), qualname(fun))
+        super()._warn_if_duplicate_task_name(task, fun, name)
 
     def _warn_duplicate_task_name(self, name: str, existing: str, new: str, consequence: str) -> None:
         # Celery 5.7 routes both collisions (a second @task with a taken name,

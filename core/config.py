@@ -24,6 +24,7 @@ become underscores: ``HOST_EXTENSIONS_ON_ERROR``).
 from __future__ import annotations
 
 import configparser
+import copy
 import difflib
 import json
 import os
@@ -177,14 +178,16 @@ def load_config(
     _apply_environment(environ, celery, host, sources)
     for name, value in CELERY_DEFAULTS.items():
         if name not in celery:
-            celery[name], sources[f"celery.{name}"] = value, "default"
+            # A copy: a caller changing its list must not change the next load's default.
+            celery[name], sources[f"celery.{name}"] = copy.deepcopy(value), "default"
     for name, option in HOST_OPTIONS.items():
         if name not in host:
-            host[name], sources[f"host.{name}"] = option.default, "default"
+            host[name], sources[f"host.{name}"] = copy.deepcopy(option.default), "default"
     _check_serializers(celery, sources, str(ini))
     has_logging = parser.has_section("loggers")
-    if has_logging:
-        celery.setdefault("worker_hijack_root_logger", False)
+    if has_logging and "worker_hijack_root_logger" not in celery:
+        celery["worker_hijack_root_logger"] = False
+        sources["celery.worker_hijack_root_logger"] = "default"
     return HostConfig(ini, celery, host, sources, has_logging, parser)
 
 
@@ -200,7 +203,9 @@ def _read(ini: Path) -> configparser.ConfigParser:
             hint="fix the line named above; see docs/configuration.md for the format",
         ) from e
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot be read: {e}", path=str(ini)) from e
+        raise ConfigError(
+            f"cannot be read: {e}", path=str(ini), hint="the file must be readable and saved as UTF-8"
+        ) from e
     if not parser.has_section(APP_SECTION):
         raise ConfigError(
             f"has no [{APP_SECTION}] section",
@@ -309,6 +314,13 @@ def _convert(kind: str, value: str, *, path: str, key: str) -> Any:
         ) from e
 
 
+def _number(kind: Callable[[str], Any], text: str, example: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"write {example}") from None
+
+
 def _to_bool(text: str) -> bool:
     lowered = text.lower()
     if lowered in _TRUE:
@@ -323,6 +335,9 @@ def _to_list(text: str) -> list[Any]:
         parsed = _json(text)
         if not isinstance(parsed, list):
             raise ValueError("expected a JSON list")
+        # Every list setting (accept_content, include, ...) holds names.
+        if not all(isinstance(item, str) for item in parsed):
+            raise ValueError("expected a JSON list of strings")
         return parsed
     return [item for item in re.split(r"[\s,]+", text) if item]
 
@@ -352,8 +367,8 @@ def _json(text: str) -> Any:
 _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "string": str,
     "str": str,
-    "int": int,
-    "float": float,
+    "int": lambda text: _number(int, text, "a whole number such as 4"),
+    "float": lambda text: _number(float, text, "a number such as 2.5"),
     "bool": _to_bool,
     "list": _to_list,
     "tuple": _to_list,
@@ -387,8 +402,10 @@ def _apply_environment(
         if var in environ:
             celery[name] = convert_celery(name, environ[var], path="environment", key=var)
             sources[f"celery.{name}"] = f"env {var}"
+    host_vars = {host_env_name(key) for key in HOST_OPTIONS}
     for var in sorted(environ):
-        if not var.startswith(HOST_CELERY_ENV_PREFIX):
+        # HOST_CELERY_TASK_DISABLED is host.celery_task.disabled, not a Celery setting.
+        if not var.startswith(HOST_CELERY_ENV_PREFIX) or var in host_vars:
             continue
         name = var[len(HOST_CELERY_ENV_PREFIX):].lower()
         if name not in options:
@@ -405,17 +422,28 @@ def _apply_environment(
             sources[f"host.{key}"] = f"env {var}"
 
 
+#: Each serializer, the setting listing what its readers accept, and what a mismatch does.
+_SERIALIZER_CHECKS = (
+    ("task_serializer", "accept_content", "workers would reject every such message"),
+    # Result readers use result_accept_content, else accept_content
+    # (celery/backends/base.py, Backend.__init__).
+    ("result_serializer", "result_accept_content", "every result would be refused when read"),
+)
+
+
 def _check_serializers(celery: dict[str, Any], sources: dict[str, str], path: str) -> None:
-    """A serializer the workers would refuse is a configuration error, not lost tasks."""
-    accepted = set(celery["accept_content"] or [])
-    for name in ("task_serializer", "result_serializer"):
+    """A serializer its readers would refuse is a configuration error, not lost tasks."""
+    for name, accept_key, consequence in _SERIALIZER_CHECKS:
+        if celery.get(accept_key) is None:
+            accept_key = "accept_content"
+        accepted = set(celery.get(accept_key) or [])
         serializer = celery.get(name)
         if serializer and serializer not in accepted and _mime(serializer) not in accepted:
             raise ConfigError(
-                f"celery.{name} = {serializer} is not in celery.accept_content "
-                f"({', '.join(sorted(accepted))}); workers would reject every such message",
+                f"celery.{name} = {serializer} is not in celery.{accept_key} "
+                f"({', '.join(sorted(accepted)) or 'empty'}); {consequence}",
                 path=path, section=APP_SECTION,
-                hint=f"accepting {serializer} must be explicit: add it to celery.accept_content",
+                hint=f"accepting {serializer} must be explicit: add it to celery.{accept_key}",
             )
 
 
@@ -442,9 +470,19 @@ def mask(value: Any, key: str = "") -> Any:
     return value
 
 
+# Everything between "scheme://user:" and the last "@" is the password. Not
+# kombu's sanitize_url: it raises (quoting part of the password) when the
+# password holds "/", "?" or "#", and drops the query string.
+_URL_PASSWORD = re.compile(r"^([A-Za-z][\w+.-]*://[^:@/?#]*:)(.*)@", re.DOTALL)
+_QUERY_SECRET = re.compile(rf"([?&][^=&#]*(?:{_SECRET_KEY.pattern})[^=&#]*=)[^&#]*", re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
     """``amqp://user:secret@host//`` -> ``amqp://user:**@host//``; several URLs
-    separated by ``;`` (kombu's fail-over syntax) are each masked."""
-    from kombu.utils.url import maybe_sanitize_url
+    separated by ``;`` (kombu's fail-over syntax) are each masked, and so are
+    query parameters such as ``?password=``."""
+    return ";".join(_mask_one_url(part) for part in url.split(";"))
 
-    return ";".join(maybe_sanitize_url(part) for part in url.split(";"))
+
+def _mask_one_url(url: str) -> str:
+    return _QUERY_SECRET.sub(r"\1**", _URL_PASSWORD.sub(r"\1**@", url, count=1))

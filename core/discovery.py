@@ -109,6 +109,10 @@ def discover(
     :param entry_points: for tests; default: the installed ``host.celery_task`` ones.
     """
     disabled = {normalize(name) for name in config.host["celery_task.disabled"]}
+    # Until an app is finalized, @app.task only queues the task and registers
+    # it on the next access to app.tasks; a duplicate name would then raise
+    # there, outside the import of the module that caused it.
+    app.finalize()
     extensions = []
     owners: dict[str, Extension] = {}
     for ep in task_entry_points() if entry_points is None else entry_points:
@@ -149,17 +153,27 @@ def _defined_in(task: Any, module: str) -> bool:
 
 
 def _import_entry_point(ep: importlib_metadata.EntryPoint, ext: Extension) -> Any:
-    module = ep.value.partition(":")[0].strip()
+    module = ep.module
     try:
-        return ep.load()
+        importlib.import_module(module)
     except Exception as e:
         raise _import_failure(e, module, ext, what="its entry point") from e
+    try:
+        return ep.load()
+    except AttributeError as e:
+        # A typo in setup.py: the module is fine, the name after ":" is not in it.
+        raise _error(
+            ext,
+            f"module {module} (its entry point) has no {ep.attr}",
+            module=module,
+            hint=f"correct the entry point in {ext.distribution}'s setup.py or pyproject.toml",
+        ) from e
 
 
 def _call_task_imports(task_imports: Any, ext: Extension) -> list[str]:
     hint = "task_imports() must return module paths such as ['example_ext.tasks']"
     if not callable(task_imports):
-        raise _error(ext, f"the entry point is a {type(task_imports).__name__}, not a function", hint=hint)
+        raise _error(ext, f"the entry point names {task_imports!r}, which is not a function", hint=hint)
     try:
         result = task_imports()
     except Exception as e:
