@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= development.ini
 
-.PHONY: run test install install-test lint clean
+.PHONY: run test lint clean
 
 run: $(VENV)/.installed  ## start a worker on development.ini (no server needed)
 	$(BIN)/host celeryd --config $(CONFIG)
@@ -12,9 +12,10 @@ run: $(VENV)/.installed  ## start a worker on development.ini (no server needed)
 test: $(VENV)/.installed-test  ## install what the tests need and run the whole suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed-test
-	$(BIN)/ruff check core plugins example_ext tests
-	$(BIN)/ruff format --check core plugins example_ext tests
+lint: $(VENV)/.installed-lint  ## ruff (lint and format) and mypy
+	$(BIN)/ruff check core plugins example_ext tests bench
+	$(BIN)/ruff format --check core plugins example_ext tests bench
+	$(BIN)/mypy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,10 @@ $(VENV)/.installed: $(BIN)/python setup.py example_ext/setup.py
 
 $(VENV)/.installed-test: $(VENV)/.installed setup.py
 	$(BIN)/python -m pip install -q -e '.[test,redis]'
+	touch $@
+
+$(VENV)/.installed-lint: $(VENV)/.installed setup.py
+	$(BIN)/python -m pip install -q -e '.[lint]'
 	touch $@
 
 clean:

@@ -36,9 +36,11 @@ def parse_json_kwargs(text: str | None) -> dict[str, Any]:
     try:
         kwargs = json.loads(text)
     except ValueError as e:
-        raise UsageError(f"--kwargs {text!r} is not JSON: {e}", hint='write --kwargs \'{"name": 1}\'') from e
+        raise UsageError(f"--kwargs {text!r} is not JSON: {e}", hint="write --kwargs '{\"name\": 1}'") from e
     if not isinstance(kwargs, dict):
-        raise UsageError(f"--kwargs must be a JSON object, got {text!r}", hint='write --kwargs \'{"name": 1}\'')
+        raise UsageError(
+            f"--kwargs must be a JSON object, got {text!r}", hint="write --kwargs '{\"name\": 1}'"
+        )
     return kwargs
 
 
@@ -49,7 +51,9 @@ def parse_eta(text: str | None) -> datetime | None:
     try:
         eta = datetime.fromisoformat(text)
     except ValueError as e:
-        raise UsageError(f"--eta {text!r} is not an ISO 8601 time", hint="write --eta 2030-01-31T09:00:00+00:00") from e
+        raise UsageError(
+            f"--eta {text!r} is not an ISO 8601 time", hint="write --eta 2030-01-31T09:00:00+00:00"
+        ) from e
     return eta if eta.tzinfo else eta.astimezone()
 
 

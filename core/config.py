@@ -131,8 +131,7 @@ def resolve_config_path(explicit: str | os.PathLike[str] | None, environ: Mappin
     raise ConfigError(
         f"no configuration file: --config was not given, ${CONFIG_ENV} is not set, "
         f"and there is no {DEFAULT_CONFIG} in {Path.cwd()}",
-        hint=f"pass --config FILE, set {CONFIG_ENV}=FILE, or run from the folder "
-        f"holding {DEFAULT_CONFIG}",
+        hint=f"pass --config FILE, set {CONFIG_ENV}=FILE, or run from the folder holding {DEFAULT_CONFIG}",
     )
 
 
@@ -171,7 +170,9 @@ def load_config(
         else:
             raise ConfigError(
                 "unknown key: settings in this section start with 'celery.' or 'host.'",
-                path=str(ini), section=APP_SECTION, key=key,
+                path=str(ini),
+                section=APP_SECTION,
+                key=key,
                 hint=f"write celery.{key} for a Celery setting, or remove it",
             )
         sources[key] = "file"
@@ -226,7 +227,9 @@ def _section_values(parser: configparser.ConfigParser, ini: Path) -> dict[str, s
         except configparser.Error as e:
             raise ConfigError(
                 f"cannot interpolate the value: {_one_line(e)}",
-                path=str(ini), section=APP_SECTION, key=key,
+                path=str(ini),
+                section=APP_SECTION,
+                key=key,
                 hint="use %(here)s for the ini's folder and write a literal % as %%",
             ) from e
     return values
@@ -258,7 +261,9 @@ def convert_celery(name: str, value: str, *, path: str, key: str) -> Any:
     if name not in options:
         raise ConfigError(
             "unknown Celery setting",
-            path=path, section=APP_SECTION if path != "environment" else None, key=key,
+            path=path,
+            section=APP_SECTION if path != "environment" else None,
+            key=key,
             hint=_suggest(name, options, render=lambda k: f"celery.{k}")
             + " (see https://docs.celeryq.dev/en/stable/userguide/configuration.html)",
         )
@@ -271,14 +276,19 @@ def convert_host(name: str, value: str, *, path: str, key: str) -> Any:
     section = APP_SECTION if path != "environment" else None
     if option is None:
         raise ConfigError(
-            "unknown host setting", path=path, section=section, key=key,
+            "unknown host setting",
+            path=path,
+            section=section,
+            key=key,
             hint=_suggest(name, HOST_OPTIONS, render=lambda k: f"host.{k}"),
         )
     converted = _convert(option.type, value, path=path, key=key)
     if option.choices and converted not in option.choices:
         raise ConfigError(
             f"{value!r} is not one of {', '.join(option.choices)}",
-            path=path, section=section, key=key,
+            path=path,
+            section=section,
+            key=key,
         )
     return converted
 
@@ -345,7 +355,7 @@ def _to_list(text: str) -> list[Any]:
 def _to_dict(text: str) -> dict[str, Any]:
     parsed = _json(text)
     if not isinstance(parsed, dict):
-        raise ValueError("expected a JSON object such as {\"key\": 1}")
+        raise ValueError('expected a JSON object such as {"key": 1}')
     return parsed
 
 
@@ -407,10 +417,12 @@ def _apply_environment(
         # HOST_CELERY_TASK_DISABLED is host.celery_task.disabled, not a Celery setting.
         if not var.startswith(HOST_CELERY_ENV_PREFIX) or var in host_vars:
             continue
-        name = var[len(HOST_CELERY_ENV_PREFIX):].lower()
+        name = var[len(HOST_CELERY_ENV_PREFIX) :].lower()
         if name not in options:
             raise ConfigError(
-                "unknown Celery setting in the environment", path="environment", key=var,
+                "unknown Celery setting in the environment",
+                path="environment",
+                key=var,
                 hint=_suggest(name, options, render=lambda k: HOST_CELERY_ENV_PREFIX + k.upper()),
             )
         celery[name] = convert_celery(name, environ[var], path="environment", key=var)
@@ -442,14 +454,19 @@ def _check_serializers(celery: dict[str, Any], sources: dict[str, str], path: st
             raise ConfigError(
                 f"celery.{name} = {serializer} is not in celery.{accept_key} "
                 f"({', '.join(sorted(accepted)) or 'empty'}); {consequence}",
-                path=path, section=APP_SECTION,
+                path=path,
+                section=APP_SECTION,
                 hint=f"accepting {serializer} must be explicit: add it to celery.{accept_key}",
             )
 
 
 def _mime(serializer: str) -> str:
-    return {"json": "application/json", "pickle": "application/x-python-serialize",
-            "yaml": "application/x-yaml", "msgpack": "application/x-msgpack"}.get(serializer, serializer)
+    return {
+        "json": "application/json",
+        "pickle": "application/x-python-serialize",
+        "yaml": "application/x-yaml",
+        "msgpack": "application/x-msgpack",
+    }.get(serializer, serializer)
 
 
 # -- showing ----------------------------------------------------------------

@@ -143,9 +143,7 @@ def _load(app: Any, ep: importlib_metadata.EntryPoint, ext: Extension, owners: d
     for module in modules:
         owners[module] = ext
         _import_task_module(app, module, ext, owners)
-        ext.tasks.update(
-            (name, module) for name, task in app.tasks.items() if _defined_in(task, module)
-        )
+        ext.tasks.update((name, module) for name, task in app.tasks.items() if _defined_in(task, module))
 
 
 def _defined_in(task: Any, module: str) -> bool:
@@ -228,8 +226,14 @@ def _import_failure(e: Exception, module: str, ext: Extension, what: str) -> Ext
     return _error(ext, f"module {module} ({what}) is broken: {cause}", module=module, hint=hint)
 
 
-def _error(ext: Extension, message: str, *, module: str | None = None, not_installed: bool = False,
-           hint: str | None = None) -> ExtensionError:
+def _error(
+    ext: Extension,
+    message: str,
+    *,
+    module: str | None = None,
+    not_installed: bool = False,
+    hint: str | None = None,
+) -> ExtensionError:
     return ExtensionError(
         message,
         distribution=ext.distribution,

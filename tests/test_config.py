@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, write_ini
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import ROOT, write_ini
 from core.celery_app import HostCelery, configure_app
 from core.config import (
     CELERY_DEFAULTS,

@@ -339,7 +339,9 @@ def test_entry_point_is_not_callable(app: HostCelery, site: Site, tmp_path: Path
     error = only_error(run(app, tmp_path, site))
 
     assert str(error) == (
-        prefix("static-ext", "static_ext") + "the entry point names ['static_ext.tasks'], which is not a function\n  -> " + HINT_GARBAGE
+        prefix("static-ext", "static_ext")
+        + "the entry point names ['static_ext.tasks'], which is not a function\n  -> "
+        + HINT_GARBAGE
     )
 
 
