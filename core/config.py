@@ -252,6 +252,9 @@ def celery_options() -> dict[str, str]:
         # Celery's table names one type by the class instead of its name
         # (beat_cron_starting_deadline uses type=int).
         types[key] = kind.__name__ if isinstance(kind, type) else kind
+    # Typed "any" in Celery's table, but only a number works: Celery warns about
+    # "two" and quietly falls back to the CPU count.
+    types["worker_concurrency"] = "int"
     return types
 
 

@@ -147,7 +147,8 @@ def test_any_typed_settings_are_json_else_string(tmp_path: Path, line: str, name
         ("broker_connection_timeout", None),  # float
         ("task_acks_late", None),  # bool
         ("broker_transport_options", None),  # dict
-        ("worker_concurrency", None),  # any
+        ("worker_concurrency", None),  # int (Celery says any)
+        ("task_routes", None),  # any
         ("imports", []),  # tuple
         ("timezone", ""),  # string
     ],
@@ -214,6 +215,11 @@ def test_keys_outside_app_main_and_in_default_are_not_settings(tmp_path: Path) -
             "celery.worker_prefetch_multiplier = 1.5",
             "celery.worker_prefetch_multiplier",
             "'1.5' is not an integer: write a whole number such as 4",
+        ),
+        (
+            "celery.worker_concurrency = two",
+            "celery.worker_concurrency",
+            "'two' is not an integer: write a whole number such as 4",
         ),
         (
             "celery.broker_connection_timeout = soon",
