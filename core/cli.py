@@ -8,14 +8,20 @@ so ``host --help`` stays fast. :class:`HostGroup` is the one place where a
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from core.errors import HostError, UsageError
+from core.errors import ExtensionError, HostError, UsageError
+
+if TYPE_CHECKING:  # imported lazily at run time, to keep `host --help` fast
+    from core.celery_app import HostCelery
+    from core.config import HostConfig
+    from core.discovery import Discovery
 
 
 class HostClickError(click.ClickException):
@@ -42,46 +48,29 @@ class Host:
         self.config_path = config_path
 
     @cached_property
-    def config(self) -> Any:
+    def config(self) -> HostConfig:
         from core.config import load_config
 
         return load_config(self.config_path)
 
     @cached_property
-    def app(self) -> Any:
+    def app(self) -> HostCelery:
         from core.celery_app import celery, configure_app
 
         return configure_app(celery, self.config)
 
     @cached_property
-    def discovery(self) -> Any:
+    def discovery(self) -> Discovery:
         from core.discovery import discover
 
         return discover(self.app, self.config)
 
     def setup_logging(self) -> None:
-        """``[loggers]``/``[handlers]``/``[formatters]`` in the ini configure logging."""
-        if not self.config.has_logging:
-            return
-        import logging.config
+        from core.config import configure_logging
 
-        from core.errors import ConfigError
+        configure_logging(self.config)
 
-        path = self.config.path
-        try:
-            logging.config.fileConfig(
-                path,
-                defaults={"here": str(path.parent), "__file__": str(path)},
-                disable_existing_loggers=False,
-            )
-        except Exception as e:
-            raise ConfigError(
-                f"the logging sections are invalid: {type(e).__name__}: {e}",
-                path=str(path),
-                hint="see the logging.config file format",
-            ) from e
-
-    def tasks_or_fail(self) -> Any:
+    def tasks_or_fail(self) -> Discovery:
         """Discovery, failing (exit 2) on any broken extension unless on_error = warn."""
         found = self.discovery
         if found.errors and self.config.host["extensions.on_error"] != "warn":
@@ -99,6 +88,24 @@ def _combined(errors: list[HostError]) -> HostError:
         f"{len(errors)} extensions are broken:\n{text}",
         hint="fix them, or set host.extensions.on_error = warn to skip broken extensions",
     )
+
+
+class Seconds(click.ParamType):
+    """A finite, non-negative number of seconds."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds < 0:
+            self.fail(f"{value!r} is not a number of seconds (0 or more)", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
 
 
 def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -147,18 +154,29 @@ def cli() -> None:
 @click.argument("worker_args", nargs=-1, type=click.UNPROCESSED)
 def celeryd(config_path: str | None, worker_args: tuple[str, ...]) -> None:
     """Start a worker. Every other option goes to `celery worker` unchanged
-    (`host celeryd --config F -- --help` lists them)."""
+    (`host celeryd -- --help` lists them)."""
+    if "--help" in worker_args:
+        # Celery's own help needs no configuration and no extension.
+        from celery import Celery
+
+        click.echo("host celeryd [--config FILE] -- [OPTIONS]: the options are those of `celery worker`:\n")
+        sys.exit(Celery("host", set_as_current=False).start(["worker", "--help"]) or 0)
     host = Host(config_path)
     host.setup_logging()
     app = host.app
     found = host.tasks_or_fail()
-    app.conf.include = list(found.modules)
+    app.conf.include = list(dict.fromkeys([*(app.conf.include or ()), *found.modules]))
     click.echo(_task_table(found.task_rows(), title="Tasks from installed extensions"), err=True)
     argv = ["worker", *worker_args]
-    if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in worker_args):
+    if not any(_is_loglevel(arg) for arg in worker_args):
         argv.append("--loglevel=INFO")
     # app.worker_main() drops the worker's exit status; app.start() returns it.
     sys.exit(app.start(argv) or 0)
+
+
+def _is_loglevel(arg: str) -> bool:
+    """``-l X``, ``-lX``, ``--loglevel X``, ``--loglevel=X``."""
+    return arg == "--loglevel" or arg.startswith("--loglevel=") or (arg.startswith("-l") and arg[:2] != "--")
 
 
 def _task_table(rows: list[dict[str, str]], title: str) -> str:
@@ -218,13 +236,13 @@ def tasks(config_path: str | None, as_json: bool) -> None:
 @click.argument("args", nargs=-1)
 @click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments as a JSON object.")
 @click.option("--task-id", help="Use this task id instead of a new UUID.")
-@click.option("--countdown", type=float, metavar="S", help="Run no earlier than S seconds from now.")
+@click.option("--countdown", type=SECONDS, metavar="S", help="Run no earlier than S seconds from now.")
 @click.option("--eta", metavar="ISO", help="Run no earlier than this time (ISO 8601).")
 @click.option("--queue", "-Q", metavar="Q", help="Send to this queue instead of the task's route.")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
 @click.option(
     "--timeout",
-    type=float,
+    type=SECONDS,
     default=60.0,
     show_default=True,
     metavar="S",
@@ -254,12 +272,20 @@ def send(
     found = host.discovery
     known = set(found.task_names) | {n for n in host.app.tasks if not n.startswith("celery.")}
     client.check_task_name(
-        name, sorted(known), broken=[str(e.distribution) for e in found.errors if hasattr(e, "distribution")]
+        name, sorted(known), broken=[e.distribution for e in found.errors if isinstance(e, ExtensionError)]
     )
     if wait:
         client.require_backend(host.app)
     result = client.send(
-        host.app, name, positional, keywords, task_id=task_id, countdown=countdown, eta=when, queue=queue
+        host.app,
+        name,
+        positional,
+        keywords,
+        wait=wait,
+        task_id=task_id,
+        countdown=countdown,
+        eta=when,
+        queue=queue,
     )
     if not wait:
         click.echo(result.id)
@@ -273,7 +299,7 @@ def send(
 @click.option("--wait", is_flag=True, help="Wait until the task has finished.")
 @click.option(
     "--timeout",
-    type=float,
+    type=SECONDS,
     default=60.0,
     show_default=True,
     metavar="S",
@@ -295,7 +321,7 @@ def result(config_path: str | None, task_id: str, wait: bool, timeout: float) ->
         click.echo(f"{found.state}{label}")
 
 
-@cli.group("config", cls=HostGroup)
+@cli.group("config")
 def config_group() -> None:
     """Inspect the configuration."""
 

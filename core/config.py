@@ -26,7 +26,9 @@ from __future__ import annotations
 import configparser
 import copy
 import difflib
+import functools
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -39,6 +41,8 @@ from core.errors import ConfigError
 APP_SECTION = "app:main"
 DEFAULT_CONFIG = "development.ini"
 CONFIG_ENV = "HOST_CONFIG"
+#: The ``path`` of a setting that came from an environment variable.
+ENVIRONMENT = "environment"
 
 #: Celery's own environment variable names, honoured for compatibility.
 CELERY_ENV_ALIASES = {
@@ -108,20 +112,15 @@ class HostConfig:
     has_logging: bool = False
     parser: configparser.ConfigParser | None = field(default=None, repr=False, compare=False)
 
-    @property
-    def here(self) -> Path:
-        return self.path.parent
-
-    def host_value(self, key: str) -> Any:
-        return self.host[key]
-
 
 # -- which file -----------------------------------------------------------
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
     """Pick the ini file: ``--config``, else ``$HOST_CONFIG``, else ./development.ini."""
-    if explicit:
+    if explicit is not None:
+        if not str(explicit).strip():
+            raise ConfigError("--config was given an empty file name", hint="pass --config FILE")
         return _existing(Path(explicit), "given with --config")
     if environ.get(CONFIG_ENV):
         return _existing(Path(environ[CONFIG_ENV]), f"named by ${CONFIG_ENV}")
@@ -136,6 +135,11 @@ def resolve_config_path(explicit: str | os.PathLike[str] | None, environ: Mappin
 
 
 def _existing(path: Path, how: str) -> Path:
+    if path.is_dir():
+        raise ConfigError(
+            f"configuration file {path} ({how}) is a folder",
+            hint=f"name the ini file inside it, such as {path / DEFAULT_CONFIG}",
+        )
     if not path.is_file():
         raise ConfigError(
             f"configuration file {path} ({how}) does not exist",
@@ -199,7 +203,7 @@ def _read(ini: Path) -> configparser.ConfigParser:
             parser.read_file(fh)
     except configparser.Error as e:
         raise ConfigError(
-            f"not a valid ini file: {_one_line(e)}",
+            f"not a valid ini file: {mask_text(_one_line(e))}",
             path=str(ini),
             hint="fix the line named above; see docs/configuration.md for the format",
         ) from e
@@ -216,9 +220,14 @@ def _read(ini: Path) -> configparser.ConfigParser:
     return parser
 
 
+def interpolation_variables(ini: Path) -> dict[str, str]:
+    """``%(here)s`` and ``%(__file__)s``, escaped: a folder may have a % in its name."""
+    return {"here": str(ini.parent).replace("%", "%%"), "__file__": str(ini).replace("%", "%%")}
+
+
 def _section_values(parser: configparser.ConfigParser, ini: Path) -> dict[str, str]:
     """The keys written in ``[app:main]``, interpolated with ``%(here)s``."""
-    variables = {"here": str(ini.parent), "__file__": str(ini)}
+    variables = interpolation_variables(ini)
     keys = [k for k in parser.options(APP_SECTION) if k not in parser.defaults()]
     values = {}
     for key in keys:
@@ -226,13 +235,22 @@ def _section_values(parser: configparser.ConfigParser, ini: Path) -> dict[str, s
             values[key] = parser.get(APP_SECTION, key, vars=variables)
         except configparser.Error as e:
             raise ConfigError(
-                f"cannot interpolate the value: {_one_line(e)}",
+                f"cannot interpolate the value: {_interpolation_problem(e)}",
                 path=str(ini),
                 section=APP_SECTION,
                 key=key,
                 hint="use %(here)s for the ini's folder and write a literal % as %%",
             ) from e
     return values
+
+
+def _interpolation_problem(error: configparser.Error) -> str:
+    # configparser's own messages quote the raw value, which may hold a password.
+    if isinstance(error, configparser.InterpolationMissingOptionError):
+        return f"%({error.reference})s is not defined (the variables are here and __file__)"
+    if isinstance(error, configparser.InterpolationDepthError):
+        return "the value refers to itself, directly or through other keys"
+    return "a % must be followed by (name)s or by another %"
 
 
 def _one_line(error: Exception) -> str:
@@ -265,7 +283,7 @@ def convert_celery(name: str, value: str, *, path: str, key: str) -> Any:
         raise ConfigError(
             "unknown Celery setting",
             path=path,
-            section=APP_SECTION if path != "environment" else None,
+            section=_section_of(path),
             key=key,
             hint=_suggest(name, options, render=lambda k: f"celery.{k}")
             + " (see https://docs.celeryq.dev/en/stable/userguide/configuration.html)",
@@ -276,7 +294,7 @@ def convert_celery(name: str, value: str, *, path: str, key: str) -> Any:
 def convert_host(name: str, value: str, *, path: str, key: str) -> Any:
     """Convert and check one ``host.`` value."""
     option = HOST_OPTIONS.get(name)
-    section = APP_SECTION if path != "environment" else None
+    section = _section_of(path)
     if option is None:
         raise ConfigError(
             "unknown host setting",
@@ -296,6 +314,10 @@ def convert_host(name: str, value: str, *, path: str, key: str) -> Any:
     return converted
 
 
+def _section_of(path: str) -> str | None:
+    return None if path == ENVIRONMENT else APP_SECTION
+
+
 def _suggest(name: str, known: Mapping[str, Any], render: Callable[[str], str]) -> str:
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     if close:
@@ -303,13 +325,9 @@ def _suggest(name: str, known: Mapping[str, Any], render: Callable[[str], str]) 
     return "the known keys are listed in docs/configuration.md"
 
 
-_cache: dict[str, dict[str, str]] = {}
-
-
+@functools.cache
 def _cached_celery_options() -> dict[str, str]:
-    if "celery" not in _cache:
-        _cache["celery"] = celery_options()
-    return _cache["celery"]
+    return celery_options()
 
 
 def _convert(kind: str, value: str, *, path: str, key: str) -> Any:
@@ -319,19 +337,25 @@ def _convert(kind: str, value: str, *, path: str, key: str) -> Any:
     try:
         return _CONVERTERS.get(kind, _to_any)(text)
     except (ValueError, TypeError) as e:
+        # A value that may hold a secret is not quoted back.
+        shown = "the value" if _SECRET_KEY.search(text) else repr(mask(text, key))
         raise ConfigError(
-            f"{text!r} is not {_EXPECTED.get(kind, kind)}: {e}",
+            f"{shown} is not {_EXPECTED.get(kind, kind)}: {e}",
             path=path,
-            section=APP_SECTION if path != "environment" else None,
+            section=_section_of(path),
             key=key,
         ) from e
 
 
 def _number(kind: Callable[[str], Any], text: str, example: str) -> Any:
     try:
-        return kind(text)
+        number = kind(text)
     except ValueError:
         raise ValueError(f"write {example}") from None
+    # No Celery setting means anything by a negative count or time, nor by nan.
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"must be 0 or more; write {example}")
+    return number
 
 
 def _to_bool(text: str) -> bool:
@@ -411,9 +435,11 @@ def _apply_environment(
     environ: Mapping[str, str], celery: dict[str, Any], host: dict[str, Any], sources: dict[str, str]
 ) -> None:
     options = _cached_celery_options()
+    # An empty variable counts as unset (VAR= in a shell or a unit file).
+    environ = {var: value for var, value in environ.items() if value != ""}
     for var, name in CELERY_ENV_ALIASES.items():
         if var in environ:
-            celery[name] = convert_celery(name, environ[var], path="environment", key=var)
+            celery[name] = convert_celery(name, environ[var], path=ENVIRONMENT, key=var)
             sources[f"celery.{name}"] = f"env {var}"
     host_vars = {host_env_name(key) for key in HOST_OPTIONS}
     for var in sorted(environ):
@@ -424,16 +450,16 @@ def _apply_environment(
         if name not in options:
             raise ConfigError(
                 "unknown Celery setting in the environment",
-                path="environment",
+                path=ENVIRONMENT,
                 key=var,
                 hint=_suggest(name, options, render=lambda k: HOST_CELERY_ENV_PREFIX + k.upper()),
             )
-        celery[name] = convert_celery(name, environ[var], path="environment", key=var)
+        celery[name] = convert_celery(name, environ[var], path=ENVIRONMENT, key=var)
         sources[f"celery.{name}"] = f"env {var}"
     for key in HOST_OPTIONS:
         var = host_env_name(key)
         if var in environ:
-            host[key] = convert_host(key, environ[var], path="environment", key=var)
+            host[key] = convert_host(key, environ[var], path=ENVIRONMENT, key=var)
             sources[f"host.{key}"] = f"env {var}"
 
 
@@ -472,9 +498,44 @@ def _mime(serializer: str) -> str:
     }.get(serializer, serializer)
 
 
+# -- logging ----------------------------------------------------------------
+
+
+def configure_logging(config: HostConfig) -> None:
+    """``[loggers]``/``[handlers]``/``[formatters]`` in the ini configure logging.
+
+    The worker then leaves the root logger alone (``worker_hijack_root_logger``
+    is off whenever the file has ``[loggers]``).
+    """
+    if not config.has_logging:
+        return
+    import logging.config
+
+    try:
+        logging.config.fileConfig(
+            config.path, defaults=interpolation_variables(config.path), disable_existing_loggers=False
+        )
+    except KeyError as e:
+        raise ConfigError(
+            f"the logging sections are incomplete: nothing defines {e.args[0]!r}",
+            path=str(config.path),
+            hint="[loggers], [handlers] and [formatters] each need a keys = line, and every name "
+            "listed there its own [logger_NAME], [handler_NAME] or [formatter_NAME] section",
+        ) from e
+    except Exception as e:
+        raise ConfigError(
+            f"the logging sections are invalid: {type(e).__name__}: {mask_text(_one_line(e))}",
+            path=str(config.path),
+            hint="see https://docs.python.org/3/library/logging.config.html#configuration-file-format",
+        ) from e
+
+
 # -- showing ----------------------------------------------------------------
 
-_SECRET_KEY = re.compile(r"password|secret|token|passwd|api_key", re.IGNORECASE)
+_SECRET_KEY = re.compile(
+    r"password|passwd|secret|token|api_?key|credential|auth|access_?key|account_?key|private_?key|sas",
+    re.IGNORECASE,
+)
 
 
 def mask(value: Any, key: str = "") -> Any:
@@ -485,7 +546,7 @@ def mask(value: Any, key: str = "") -> Any:
         return type(value)(mask(v, key) for v in value)
     if key and _SECRET_KEY.search(key) and value not in (None, ""):
         return "********"
-    if isinstance(value, str) and "://" in value:
+    if isinstance(value, str) and ("://" in value or "=" in value):
         return mask_url(value)
     return value
 
@@ -493,16 +554,25 @@ def mask(value: Any, key: str = "") -> Any:
 # Everything between "scheme://user:" and the last "@" is the password. Not
 # kombu's sanitize_url: it raises (quoting part of the password) when the
 # password holds "/", "?" or "#", and drops the query string.
-_URL_PASSWORD = re.compile(r"^([A-Za-z][\w+.-]*://[^:@/?#]*:)(.*)@", re.DOTALL)
-_QUERY_SECRET = re.compile(rf"([?&][^=&#]*(?:{_SECRET_KEY.pattern})[^=&#]*=)[^&#]*", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"([A-Za-z][\w+.-]*://[^:@/?#\s]*:)(.*)@", re.DOTALL)
+# key=value secrets: URL query parameters (?password=...) and connection
+# strings (Azure's AccountKey=...;).
+_KEY_VALUE_SECRET = re.compile(
+    rf"((?:^|[?&;\s])[^=&;?\s]*(?:{_SECRET_KEY.pattern})[^=&;?\s]*=)[^&;\s]*", re.IGNORECASE
+)
 
 
 def mask_url(url: str) -> str:
     """``amqp://user:secret@host//`` -> ``amqp://user:**@host//``; several URLs
     separated by ``;`` (kombu's fail-over syntax) are each masked, and so are
-    query parameters such as ``?password=``."""
+    secrets written as ``key=value``, such as ``?password=`` or ``AccountKey=``."""
     return ";".join(_mask_one_url(part) for part in url.split(";"))
 
 
 def _mask_one_url(url: str) -> str:
-    return _QUERY_SECRET.sub(r"\1**", _URL_PASSWORD.sub(r"\1**@", url, count=1))
+    return _KEY_VALUE_SECRET.sub(r"\1**", _URL_PASSWORD.sub(r"\1**@", url, count=1))
+
+
+def mask_text(text: str) -> str:
+    """Mask every URL and ``key=value`` secret in free text, such as an error message."""
+    return re.sub(r"\S+", lambda m: mask_url(m.group()), text)

@@ -36,6 +36,7 @@ them back. Use RabbitMQ (``production.ini``) where that matters.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import sys
@@ -59,7 +60,16 @@ CREATE TABLE IF NOT EXISTS host_message (
     payload TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS host_message_queue ON host_message (queue, id);
+CREATE TABLE IF NOT EXISTS host_message_undeliverable (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    error TEXT NOT NULL,
+    moved_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
 """
+
+logger = logging.getLogger(__name__)
 
 
 def register() -> None:
@@ -122,15 +132,47 @@ class Channel(virtual.Channel):
         )
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
-        row = self.db.execute(
-            "DELETE FROM host_message WHERE id = ("
-            " SELECT id FROM host_message WHERE queue = ? ORDER BY id LIMIT 1"
-            ") RETURNING payload",
-            (queue,),
-        ).fetchone()
-        if row is None:
-            raise Empty()
-        return json.loads(row[0])
+        while True:
+            row = self.db.execute(
+                "DELETE FROM host_message WHERE id = ("
+                " SELECT id FROM host_message WHERE queue = ? ORDER BY id LIMIT 1"
+                ") RETURNING id, payload",
+                (queue,),
+            ).fetchone()
+            if row is None:
+                raise Empty()
+            message = self._decode(queue, *row)
+            if message is not None:
+                return message
+
+    def _decode(self, queue: str, row_id: int, payload: str) -> dict[str, Any] | None:
+        """A stored message, or None when it is not one kombu wrote.
+
+        Such a row would crash the worker's consumer; it is moved to
+        ``host_message_undeliverable`` with the reason, kept for inspection.
+        """
+        try:
+            message = json.loads(payload)
+            properties = message.get("properties") if isinstance(message, dict) else None
+            if not isinstance(properties, dict) or "delivery_tag" not in properties:
+                raise ValueError("not a kombu message (a JSON object with 'properties' and a delivery tag)")
+            if message.get("body"):  # what kombu's Message does next, where a failure would crash
+                self.decode_body(message["body"], properties.get("body_encoding"))
+        except (ValueError, TypeError, RecursionError) as e:
+            error = f"{type(e).__name__}: {e}"
+            self.db.execute(
+                "INSERT INTO host_message_undeliverable (queue, payload, error) VALUES (?, ?, ?)",
+                (queue, payload, error),
+            )
+            logger.error(
+                "embedded broker: message %s in queue %r cannot be decoded (%s); "
+                "moved to table host_message_undeliverable",
+                row_id,
+                queue,
+                error,
+            )
+            return None
+        return message
 
     def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
         super().basic_ack(delivery_tag, multiple=multiple)

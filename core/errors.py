@@ -91,6 +91,12 @@ class UsageError(HostError):
     """A command-line argument is wrong (unknown task, argument not JSON...)."""
 
 
+class ServiceUnavailable(HostError):
+    """The broker or the result store does not answer; nothing is wrong with the request."""
+
+    exit_code = 1
+
+
 class TaskFailed(HostError):
     """The task ran and raised; not a configuration problem."""
 

@@ -21,8 +21,10 @@ from core.config import (
     CELERY_DEFAULTS,
     HOST_OPTIONS,
     HostConfig,
+    configure_logging,
     load_config,
     mask,
+    mask_text,
     mask_url,
     resolve_config_path,
 )
@@ -56,7 +58,7 @@ def where(tmp_path: Path, key: str) -> str:
     ("line", "name", "expected"),
     [
         ("celery.worker_prefetch_multiplier = 4", "worker_prefetch_multiplier", 4),
-        ("celery.broker_connection_max_retries = -1", "broker_connection_max_retries", -1),
+        ("celery.broker_connection_max_retries = 7", "broker_connection_max_retries", 7),
         # Celery's table names this type by the class (type=int), not "int".
         ("celery.beat_cron_starting_deadline = 30", "beat_cron_starting_deadline", 30),
         ("celery.broker_connection_timeout = 2.5", "broker_connection_timeout", 2.5),
@@ -173,7 +175,7 @@ def test_host_keys_are_converted(tmp_path: Path) -> None:
         "celery_task.disabled": ["example-ext", "other-ext"],
         "extensions.on_error": "warn",
     }
-    assert config.host_value("extensions.on_error") == "warn"
+    assert config.host["extensions.on_error"] == "warn"
 
 
 def test_host_list_empty_value(tmp_path: Path) -> None:
@@ -400,21 +402,30 @@ INTERPOLATION_HINT = "  -> use %(here)s for the ini's folder and write a literal
 
 
 def test_bad_interpolation_lone_percent(tmp_path: Path) -> None:
-    assert error_text(tmp_path, "celery.broker_url = amqp://u:50%@h//\n") == (
+    # configparser's own message would quote the value, password and all.
+    assert error_text(tmp_path, "celery.broker_url = amqp://u:se%cret@h//\n") == (
         where(tmp_path, "celery.broker_url")
-        + "cannot interpolate the value: '%' must be followed by '%' or '(', found: '%@h//'\n"
+        + "cannot interpolate the value: a % must be followed by (name)s or by another %\n"
         + INTERPOLATION_HINT
     )
 
 
 def test_bad_interpolation_unknown_name(tmp_path: Path) -> None:
-    assert error_text(tmp_path, "celery.broker_url = %(nope)s/x\n") == (
+    assert error_text(tmp_path, "celery.broker_url = amqp://u:secret@%(nope)s/x\n") == (
         where(tmp_path, "celery.broker_url")
-        + "cannot interpolate the value: Bad value substitution: option 'celery.broker_url' in "
-        + "section 'app:main' contains an interpolation key 'nope' which is not a valid option "
-        + "name. Raw value: '%(nope)s/x'\n"
+        + "cannot interpolate the value: %(nope)s is not defined (the variables are here and __file__)\n"
         + INTERPOLATION_HINT
     )
+
+
+def test_a_percent_in_the_folder_name_does_not_break_here(tmp_path: Path) -> None:
+    folder = tmp_path / "100%(x)s done"
+    folder.mkdir()
+    ini = write_ini(
+        folder / "site.ini", "[app:main]\ncelery.broker_url = embedded+sqlite:///%(here)s/b.sqlite\n"
+    )
+    config = load_config(ini, environ={})
+    assert config.celery["broker_url"] == f"embedded+sqlite:///{folder}/b.sqlite"
 
 
 def test_here_is_the_ini_folder_and_file_is_the_ini(tmp_path: Path) -> None:
@@ -433,7 +444,7 @@ def test_here_is_the_ini_folder_and_file_is_the_ini(tmp_path: Path) -> None:
     assert config.celery["broker_url"] == f"embedded+sqlite:///{folder}/data/broker.sqlite"
     assert config.celery["task_default_queue"] == str(ini)
     assert config.celery["timezone"] == "100%"
-    assert config.here == folder
+    assert config.path.parent == folder
 
 
 def test_here_is_absolute_for_a_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -478,10 +489,26 @@ def test_development_ini_in_the_current_folder_is_the_last_resort(empty_cwd: Pat
     write_ini(empty_cwd / "development.ini", "[app:main]\ncelery.timezone = UTC\n")
     assert resolve_config_path(None, {}) == empty_cwd / "development.ini"
     # An empty $HOST_CONFIG counts as not set.
-    assert resolve_config_path("", {"HOST_CONFIG": ""}) == empty_cwd / "development.ini"
+    assert resolve_config_path(None, {"HOST_CONFIG": ""}) == empty_cwd / "development.ini"
     config = load_config(None, environ={})
     assert config.path == empty_cwd / "development.ini"
     assert config.path.is_absolute()
+
+
+def test_an_empty_config_option_is_an_error_not_the_default(empty_cwd: Path) -> None:
+    write_ini(empty_cwd / "development.ini", "[app:main]\n")
+    with pytest.raises(ConfigError) as info:
+        resolve_config_path("", {})
+    assert str(info.value) == "--config was given an empty file name\n  -> pass --config FILE"
+
+
+def test_a_folder_is_not_a_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve_config_path(str(tmp_path), {})
+    assert str(info.value) == (
+        f"configuration file {tmp_path} (given with --config) is a folder\n"
+        f"  -> name the ini file inside it, such as {tmp_path / 'development.ini'}"
+    )
 
 
 def test_no_file_anywhere_names_all_three_ways(empty_cwd: Path) -> None:
@@ -847,6 +874,124 @@ def test_mask_a_loaded_config_hides_every_password(tmp_path: Path) -> None:
     assert shown["broker_url"] == "amqp://u:**@h//;amqp://u:**@g//"
 
 
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        (
+            "azureblockblob://DefaultEndpointsProtocol=https;AccountName=a;AccountKey=secret==;x=1",
+            "azureblockblob://DefaultEndpointsProtocol=https;AccountName=a;AccountKey=**;x=1",
+        ),
+        ("Error: 'amqp://u:secret@h//' is down", "Error: 'amqp://u:**@h//' is down"),
+        ("see token=secret; and x=1", "see token=**; and x=1"),
+        ("two: amqp://u:secret@a// amqp://v:secret@b//", "two: amqp://u:**@a// amqp://v:**@b//"),
+        ("nothing here", "nothing here"),
+    ],
+)
+def test_mask_text_hides_urls_and_key_value_secrets_anywhere(text: str, masked: str) -> None:
+    assert mask_text(text) == masked
+
+
+def test_a_wrong_value_that_may_hold_a_secret_is_not_quoted(tmp_path: Path) -> None:
+    text = error_text(tmp_path, 'celery.broker_transport_options = {"password": "secret",\n')
+    assert "secret" not in text
+    assert text.startswith(
+        where(tmp_path, "celery.broker_transport_options") + "the value is not a JSON object"
+    )
+    text = error_text(tmp_path, "celery.broker_pool_limit = amqp://u:secret@h//\n")
+    assert "secret" not in text
+
+
+def test_an_ini_syntax_error_does_not_quote_a_password(tmp_path: Path) -> None:
+    text = error_text(tmp_path, "celery.broker_url = amqp://u:p@h//\n  continued\namqp://u:secret@h//\n")
+    assert "secret" not in text, text
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("celery.worker_concurrency = -2", "'-2' is not an integer: must be 0 or more"),
+        ("celery.task_time_limit = -1.5", "'-1.5' is not a number: must be 0 or more"),
+        ("celery.task_time_limit = nan", "'nan' is not a number: must be 0 or more"),
+        ("celery.task_soft_time_limit = inf", "'inf' is not a number: must be 0 or more"),
+    ],
+)
+def test_negative_and_non_finite_numbers_are_refused(tmp_path: Path, line: str, problem: str) -> None:
+    key = line.split(" = ")[0]
+    assert error_text(tmp_path, line + "\n").startswith(where(tmp_path, key) + problem)
+
+
+def test_an_empty_environment_variable_counts_as_unset(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        "celery.broker_url = memory://file\n",
+        {"CELERY_BROKER_URL": "", "HOST_CELERY_TASK_ACKS_LATE": "", "HOST_EXTENSIONS_ON_ERROR": ""},
+    )
+    assert config.celery["broker_url"] == "memory://file"
+    assert config.sources["celery.broker_url"] == "file"
+    assert "task_acks_late" not in config.celery
+    assert config.host["extensions.on_error"] == "fail"
+
+
+# -- logging from the ini ------------------------------------------------------------------
+
+LOGGING = """
+[app:main]
+
+[loggers]
+keys = root
+
+[handlers]
+keys = console
+
+[formatters]
+keys = plain
+
+[logger_root]
+level = INFO
+handlers = console
+
+[handler_console]
+class = FileHandler
+args = ('%(here)s/host.log', 'a')
+formatter = plain
+
+[formatter_plain]
+format = %(levelname)s %(message)s
+"""
+
+
+def test_logging_sections_configure_logging(tmp_path: Path) -> None:
+    import logging
+
+    folder = tmp_path / "50% done"
+    folder.mkdir()
+    config = load_config(write_ini(folder / "log.ini", LOGGING), environ={})
+    root = logging.getLogger()
+    before = root.handlers[:], root.level
+    try:
+        configure_logging(config)
+        logging.getLogger("host.test").info("written through the ini's handler")
+        for handler in root.handlers:
+            handler.flush()
+        assert (folder / "host.log").read_text() == "INFO written through the ini's handler\n"
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], _ = before
+        root.setLevel(before[1])
+
+
+def test_incomplete_logging_sections_say_what_is_missing(tmp_path: Path) -> None:
+    ini = write_ini(tmp_path / "log.ini", LOGGING.split("[handler_console]")[0])
+    with pytest.raises(ConfigError) as info:
+        configure_logging(load_config(ini, environ={}))
+    assert str(info.value) == (
+        f"{ini}: the logging sections are incomplete: nothing defines 'formatter_plain'\n"
+        "  -> [loggers], [handlers] and [formatters] each need a keys = line, and every name listed "
+        "there its own [logger_NAME], [handler_NAME] or [formatter_NAME] section"
+    )
+
+
 # -- the Celery app -----------------------------------------------------------------------
 
 
@@ -910,6 +1055,92 @@ def test_unconfigured_app_with_nothing_to_read_raises(
     assert str(info.value).startswith(
         "no configuration file: --config was not given, $HOST_CONFIG is not set"
     )
+
+
+# -- broker and result-store URLs -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "message", "hint"),
+    [
+        (
+            "celery.broker_url = amqq://u:secret@h//",
+            "amqq://u:**@h//: unknown broker transport 'amqq'",
+            "did you mean amqp://?",
+        ),
+        (
+            "celery.broker_url = amqp://a//;redsi://b//",
+            "redsi://b//: unknown broker transport 'redsi'",
+            "did you mean redis://?",
+        ),
+        (
+            "celery.broker_read_url = nosuch://h//",
+            "nosuch://h//: unknown broker transport 'nosuch'",
+            "known schemes: ",
+        ),
+        (
+            "celery.broker_url = embedded+sqlite://",
+            "embedded+sqlite://: the embedded broker needs a URL like "
+            "embedded+sqlite:///%(here)s/data/broker.sqlite, got 'sqlite://'",
+            None,
+        ),
+        (
+            "celery.result_backend = reddis://:secret@h/0",
+            "reddis://:**@h/0: unknown result backend 'reddis'",
+            "did you mean redis://?",
+        ),
+        (
+            "celery.result_backend = mongodb://h/results",
+            "mongodb://h/results: it needs the Python package pymongo, which is not installed",
+            "pip install pymongo",
+        ),
+        (
+            "celery.result_backend = no.such.module:Backend",
+            "no.such.module:Backend: unknown result backend 'no.such.module:Backend'",
+            "known schemes: ",
+        ),
+    ],
+)
+def test_unknown_or_uninstalled_urls_are_config_errors(
+    tmp_path: Path, line: str, message: str, hint: str | None
+) -> None:
+    key = line.split(" = ")[0]
+    with pytest.raises(ConfigError) as info:
+        configure_app(fresh_app(), load(tmp_path, line + "\n"))
+    text = str(info.value)
+    assert text.startswith(where(tmp_path, key) + message), text
+    if hint:
+        assert text.split("\n  -> ")[1].startswith(hint), text
+    assert "secret" not in text
+
+
+def test_a_url_from_the_environment_is_reported_as_such(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        configure_app(fresh_app(), load(tmp_path, "", {"CELERY_RESULT_BACKEND": "foo://x"}))
+    assert str(info.value).startswith(
+        "environment, key 'CELERY_RESULT_BACKEND': foo://x: unknown result backend"
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "amqp://guest:guest@127.0.0.1:5672//",
+        "pyamqp://h//;amqp://g//",
+        "redis://127.0.0.1:6379/0",
+        "memory://",
+        "embedded+sqlite:////tmp/x/broker.sqlite",
+    ],
+)
+def test_installed_transports_pass(tmp_path: Path, url: str) -> None:
+    configure_app(fresh_app(), load(tmp_path, f"celery.broker_url = {url}\ncelery.result_backend = rpc://\n"))
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://h/0", "db+sqlite:///r.sqlite", "embedded+sqlite:///r.sqlite", "rpc://", "disabled://"]
+)
+def test_installed_result_backends_pass(tmp_path: Path, url: str) -> None:
+    configure_app(fresh_app(), load(tmp_path, f"celery.result_backend = {url}\n"))
 
 
 # -- any text at all -------------------------------------------------------------------------

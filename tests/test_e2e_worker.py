@@ -386,3 +386,36 @@ def test_embedded_broker_loses_and_duplicates_nothing_under_load(tmp_path: Path)
     assert set(runs) == set(expected)
     assert [task_id for task_id, n in runs.items() if n != 1] == []
     assert _query(broker_db, "SELECT COUNT(*) FROM host_message") == [(0,)]
+
+
+def test_embedded_broker_sets_aside_rows_it_cannot_decode(tmp_path: Path) -> None:
+    """A row no kombu producer wrote is moved aside and logged; the worker goes on."""
+    garbage = [
+        "not json at all",
+        '"a JSON string"',
+        '{"body": "abc", "properties": {"delivery_tag": "t", "body_encoding": "base64"}}',
+    ]
+    with running_worker(tmp_path, EMBEDDED_INI) as worker:
+        broker_db = tmp_path / "data" / "broker.sqlite"
+        with closing(sqlite3.connect(broker_db, timeout=30)) as db, db:
+            db.executemany(
+                "INSERT INTO host_message (queue, payload) VALUES ('celery', ?)", [(g,) for g in garbage]
+            )
+        done = host(
+            "send", "example.echo", '"still here"', "--wait", "--config", str(worker.ini), env=worker.env
+        )
+        assert (done.returncode, done.stdout) == (0, "still here\n"), (
+            f"{done.stderr}\n{worker.failure_details()}"
+        )
+        kept = _query(broker_db, "SELECT queue, payload, error FROM host_message_undeliverable ORDER BY id")
+        assert [(queue, payload) for queue, payload, _ in kept] == [("celery", g) for g in garbage]
+        assert kept[0][2].startswith("JSONDecodeError: ")
+        assert (
+            kept[1][2]
+            == "ValueError: not a kombu message (a JSON object with 'properties' and a delivery tag)"
+        )
+        assert kept[2][2].startswith("Error: ")  # binascii.Error: the body is not base64
+        logged = re.findall(r"embedded broker: message \d+ in queue 'celery' cannot be decoded", worker.log)
+        assert len(logged) == 3, worker.log
+        assert _query(broker_db, "SELECT COUNT(*) FROM host_message") == [(0,)]
+        assert worker.terminate() == 0
