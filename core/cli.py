@@ -197,6 +197,7 @@ def _task_table(rows: list[dict[str, str]], title: str) -> str:
 def tasks(config_path: str | None, as_json: bool) -> None:
     """List every task the installed extensions provide, and any problems (no broker needed)."""
     host = Host(config_path)
+    host.setup_logging()  # checks the logging sections, as `host celeryd` would
     found = host.discovery
     if as_json:
         click.echo(

@@ -161,3 +161,18 @@ def test_a_result_with_a_lone_surrogate_prints_as_json() -> None:
     assert Outcome("id", "SUCCESS", "").render() == ""
     assert Outcome("id", "SUCCESS", "bad \udc80 half").render() == '"bad \\udc80 half"'
     assert Outcome("id", "SUCCESS", {"a": 1}).render() == '{"a": 1}'
+
+
+def test_broken_logging_sections_stop_tasks_and_celeryd(tmp_path: Path) -> None:
+    ini = (
+        f"[app:main]\ncelery.broker_url = {EMBEDDED_BROKER}\n"
+        "[loggers]\nkeys = root\n[handlers]\nkeys = console\n[formatters]\nkeys =\n"
+        "[logger_root]\nlevel = INFO\nhandlers = console\n"
+    )
+    for command in ("tasks", "celeryd"):
+        status, stdout, stderr = run(tmp_path, ini, command)
+        assert (status, stdout) == (2, ""), (command, stderr)
+        assert stderr.startswith(
+            f"Error: {tmp_path / 'test.ini'}: the logging sections are incomplete: "
+            "nothing defines 'handler_console'\n"
+        )
