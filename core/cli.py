@@ -11,17 +11,17 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from core.errors import ExtensionError, HostError, UsageError
+from core.host import Host
+from core.settings import HOST_DEFAULTS, site_queues
 
 if TYPE_CHECKING:  # imported lazily at run time, to keep `host --help` fast
-    from core.celery_app import HostCelery
     from core.config import HostConfig
-    from core.discovery import Discovery
+    from plugins.manager import HostPluginManager
 
 
 class HostClickError(click.ClickException):
@@ -34,60 +34,109 @@ class HostClickError(click.ClickException):
 
 
 class HostGroup(click.Group):
+    """The ``host`` group: turns HostErrors into messages, and adds the plugins' commands."""
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except HostError as e:
             raise HostClickError(e) from e
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.plugin_commands(ctx)})
 
-class Host:
-    """What a command needs, built on first use: config, configured app, discovery."""
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or self.plugin_commands(ctx).get(cmd_name)
 
-    def __init__(self, config_path: str | None) -> None:
-        self.config_path = config_path
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            name, command, rest = super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            problem = ctx.meta.get(_PLUGIN_PROBLEM) or ctx.meta.get(_NO_CONFIG)
+            if problem:
+                raise click.UsageError(
+                    f"{e.message}\n(Commands from plugins could not be listed: {problem})", ctx
+                ) from e
+            raise
+        if name is not None and name not in self.commands:
+            # A plugin's command: it runs with the host configured, as the
+            # built-in commands do, so its code can use plugins.plugin_config().
+            try:
+                Host(ctx.params.get("config_path")).configure()
+            except HostError as error:
+                raise HostClickError(error) from error
+        return name, command, rest
 
-    @cached_property
-    def config(self) -> HostConfig:
-        from core.config import load_config
+    def plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
+        """The commands the enabled plugins add (``host_register_commands``), found once per run.
 
-        return load_config(self.config_path)
+        Only ``host.plugins`` is read here, not the whole configuration, so that
+        ``host --help`` stays fast; a command that runs validates everything.
+        """
+        if _PLUGIN_COMMANDS not in ctx.meta:
+            ctx.meta[_PLUGIN_COMMANDS] = {}
+            try:
+                ctx.meta[_PLUGIN_COMMANDS] = self._load_plugin_commands(ctx)
+            except HostError as e:
+                ctx.meta[_PLUGIN_PROBLEM] = str(e).splitlines()[0]
+        return ctx.meta[_PLUGIN_COMMANDS]  # type: ignore[no-any-return]
 
-    @cached_property
-    def app(self) -> HostCelery:
-        from core.celery_app import celery, configure_app
+    def _load_plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
+        import os
 
-        return configure_app(celery, self.config)
+        from core.config import plugin_names, resolve_config_path
 
-    @cached_property
-    def discovery(self) -> Discovery:
-        from core.discovery import discover
+        try:
+            path = resolve_config_path(ctx.params.get("config_path"), os.environ)
+        except HostError as e:
+            # No configuration here: there are no plugin commands to list, which
+            # `host --help` need not mention; an unknown command's error does.
+            ctx.meta[_NO_CONFIG] = str(e).splitlines()[0]
+            return {}
+        names = plugin_names(path)
+        if not names:
+            return {}
+        from plugins.manager import make_plugin_manager
 
-        return discover(self.app, self.config)
+        pm = make_plugin_manager(names)
+        commands = register_plugin_commands(pm, reserved=set(self.commands))
+        if pm.errors:
+            ctx.meta[_PLUGIN_PROBLEM] = str(pm.errors[0]).splitlines()[0]
+        return commands
 
-    def setup_logging(self) -> None:
-        from core.config import configure_logging
-
-        configure_logging(self.config)
-
-    def tasks_or_fail(self) -> Discovery:
-        """Discovery, failing (exit 2) on any broken extension unless on_error = warn."""
-        found = self.discovery
-        if found.errors and self.config.host["extensions.on_error"] != "warn":
-            raise _combined(found.errors)
-        for error in found.errors:
-            click.echo(f"warning: skipped: {error}", err=True)
-        return found
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        problem = ctx.meta.get(_PLUGIN_PROBLEM)
+        if problem:
+            formatter.write_paragraph()
+            formatter.write_text(f"Commands from plugins could not be listed: {problem} (see `host doctor`)")
 
 
-def _combined(errors: list[HostError]) -> HostError:
-    if len(errors) == 1:
-        return errors[0]
-    text = "\n".join(f"  {i}. {e}" for i, e in enumerate(errors, 1))
-    return HostError(
-        f"{len(errors)} extensions are broken:\n{text}",
-        hint="fix them, or set host.extensions.on_error = warn to skip broken extensions",
-    )
+_PLUGIN_COMMANDS = "host.plugin_commands"
+_PLUGIN_PROBLEM = "host.plugin_problem"
+_NO_CONFIG = "host.no_config"
+
+
+def register_plugin_commands(pm: HostPluginManager, reserved: set[str]) -> dict[str, click.Command]:
+    """Call each plugin's ``host_register_commands`` on a group of its own; collect the commands."""
+    commands: dict[str, click.Command] = {}
+    for plugin in pm.implementing("host_register_commands"):
+        group = click.Group()
+        try:
+            pm.call_one(plugin, "host_register_commands", cli=group)
+        except Exception as e:
+            pm.raised(plugin, "host_register_commands", e)
+            continue
+        taken = sorted(set(group.commands) & (reserved | set(commands)))
+        if taken:
+            message = f"adds the command {taken[0]!r}, which host already has"
+            pm.fail(plugin, plugin.error_for(message, hint="give the plugin's command another name"))
+            continue
+        plugin.commands = sorted(group.commands)
+        commands.update(group.commands)
+    return commands
 
 
 class Seconds(click.ParamType):
@@ -108,13 +157,18 @@ class Seconds(click.ParamType):
 SECONDS = Seconds()
 
 
+CONFIG_HELP = "The ini file (default: $HOST_CONFIG, else ./development.ini)."
+
+
 def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--config",
-        "config_path",
-        metavar="FILE",
-        help="The ini file (default: $HOST_CONFIG, else ./development.ini).",
-    )(f)
+    """``--config FILE`` on a command; ``host --config FILE COMMAND`` works too."""
+    return click.option("--config", "config_path", metavar="FILE", help=CONFIG_HELP, callback=_group_config)(
+        f
+    )
+
+
+def _group_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    return value if value is not None else ctx.find_root().params.get("config_path")
 
 
 def _version() -> str:
@@ -145,7 +199,9 @@ def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> N
     callback=_show_version,
     help="Show the versions and exit.",
 )
-def cli() -> None:
+# Eager, so that `host --config FILE --help` lists that file's plugin commands.
+@click.option("--config", "config_path", metavar="FILE", help=CONFIG_HELP, is_eager=True)
+def cli(config_path: str | None) -> None:
     """host-framework: Celery workers and tasks from installed extensions."""
 
 
@@ -163,15 +219,74 @@ def celeryd(config_path: str | None, worker_args: tuple[str, ...]) -> None:
         sys.exit(Celery("host", set_as_current=False).start(["worker", "--help"]) or 0)
     host = Host(config_path)
     host.setup_logging()
+    host.refuse_root("a worker")
     app = host.app
     found = host.tasks_or_fail()
     app.conf.include = list(dict.fromkeys([*(app.conf.include or ()), *found.modules]))
     click.echo(_task_table(found.task_rows(), title="Tasks from installed extensions"), err=True)
-    argv = ["worker", *worker_args]
+    click.echo(_plugins_line(host.plugins), err=True)
+    argv = ["worker", *site_queues(worker_args, host.config)]
     if not any(_is_loglevel(arg) for arg in worker_args):
         argv.append("--loglevel=INFO")
     # app.worker_main() drops the worker's exit status; app.start() returns it.
     sys.exit(app.start(argv) or 0)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@config_option
+@click.argument("beat_args", nargs=-1, type=click.UNPROCESSED)
+def celerybeat(config_path: str | None, beat_args: tuple[str, ...]) -> None:
+    """Start the periodic-task scheduler (run exactly one). Every other option goes to
+    `celery beat` unchanged (`host celerybeat -- --help` lists them)."""
+    if "--help" in beat_args:
+        from celery import Celery
+
+        click.echo("host celerybeat [--config FILE] -- [OPTIONS]: the options are those of `celery beat`:\n")
+        sys.exit(Celery("host", set_as_current=False).start(["beat", "--help"]) or 0)
+    host = Host(config_path)
+    host.setup_logging()
+    host.refuse_root("beat")
+    app = host.app
+    found = host.tasks_or_fail()
+    schedule = app.conf.beat_schedule or {}
+    known = set(found.task_names) | set(app.tasks)
+    for name, entry in sorted(schedule.items()):
+        if entry.get("task") not in known:
+            _warn_line(
+                f"beat entry {name!r} runs task {entry.get('task')!r}, which no installed extension provides"
+            )
+    click.echo(f"Periodic entries: {', '.join(sorted(schedule)) or 'none'}", err=True)
+    _schedule_folder(app.conf.beat_schedule_filename, host.config)
+    argv = ["beat", *beat_args]
+    if not any(_is_loglevel(arg) for arg in beat_args):
+        argv.append("--loglevel=INFO")
+    sys.exit(app.start(argv) or 0)
+
+
+def _schedule_folder(filename: str, config: HostConfig) -> None:
+    """beat keeps its schedule in a file; its folder must exist and be writable."""
+    from pathlib import Path
+
+    from core.config import APP_SECTION
+
+    folder = Path(config.path.parent, filename).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HostError(
+            f"{config.path}, section [{APP_SECTION}], key 'celery.beat_schedule_filename': cannot create "
+            f"the folder {folder}: {e.strerror}",
+            hint="create it, writable by the user beat runs as, or name another file",
+        ) from e
+
+
+def _warn_line(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def _plugins_line(pm: HostPluginManager) -> str:
+    active = [p.label for p in pm.active]
+    return f"Plugins: {', '.join(active)}" if active else "Plugins: none enabled (host.plugins)"
 
 
 def _is_loglevel(arg: str) -> bool:
@@ -196,7 +311,7 @@ def _task_table(rows: list[dict[str, str]], title: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def tasks(config_path: str | None, as_json: bool) -> None:
     """List every task the installed extensions provide, and any problems (no broker needed)."""
-    host = Host(config_path)
+    host = Host(config_path, strict=False)
     host.setup_logging()  # checks the logging sections, as `host celeryd` would
     found = host.discovery
     if as_json:
@@ -215,7 +330,7 @@ def tasks(config_path: str | None, as_json: bool) -> None:
                         }
                         for e in found.extensions
                     ],
-                    "errors": [str(e) for e in found.errors],
+                    "errors": [str(e) for e in [*host.plugins.errors, *found.errors]],
                 },
                 indent=2,
             )
@@ -225,9 +340,9 @@ def tasks(config_path: str | None, as_json: bool) -> None:
         disabled = [e.label for e in found.extensions if e.disabled]
         if disabled:
             click.echo(f"Disabled by host.celery_task.disabled: {', '.join(disabled)}")
-        for error in found.errors:
+        for error in [*host.plugins.errors, *found.errors]:
             click.echo(f"Error: {error}", err=True)
-    if found.errors:
+    if found.errors or host.plugins.errors:
         sys.exit(2)
 
 
@@ -286,12 +401,18 @@ def send(
         task_id=task_id,
         countdown=countdown,
         eta=when,
-        queue=queue,
+        queue=_site_queue(queue, host.config),
     )
     if not wait:
         click.echo(result.id)
         return
     click.echo(client.outcome(host.app, result.id, wait=True, timeout=timeout).render())
+
+
+def _site_queue(queue: str | None, config: HostConfig) -> str | None:
+    from core.settings import queue_name
+
+    return queue_name(config, queue) if queue else None
 
 
 @cli.command()
@@ -331,26 +452,131 @@ def config_group() -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def config_show(config_path: str | None, as_json: bool) -> None:
-    """The effective settings (file, environment, defaults), passwords masked."""
-    from core.config import mask
+    """The effective settings (file, environment, plugins, defaults), passwords masked."""
+    from core.masking import mask
 
-    config = Host(config_path).config
+    host = Host(config_path)
+    config, app = host.config, host.app
     values = {f"host.{k}": v for k, v in sorted(config.host.items())}
     values.update({f"celery.{k}": v for k, v in sorted(config.celery.items())})
+    sources = dict(config.sources)
+    for key, value in HOST_DEFAULTS.items():
+        if key not in config.celery:
+            values[f"celery.{key}"], sources[f"celery.{key}"] = value, "host default"
+    for key, plugin in sorted(app.host_changed_by.items()):
+        values[f"celery.{key}"], sources[f"celery.{key}"] = app.conf.get(key), plugin
+    for name, options in host.plugins.options.items():
+        for key, value in sorted(options.items()):
+            values[f"plugin:{name}.{key}"] = value
+            sources[f"plugin:{name}.{key}"] = host.plugins.option_sources.get(name, {}).get(key, "default")
     masked = {key: mask(value, key) for key, value in values.items()}
     if as_json:
         click.echo(
             json.dumps(
-                {"file": str(config.path), "settings": masked, "sources": config.sources},
-                indent=2,
-                default=str,
+                {"file": str(config.path), "settings": masked, "sources": sources}, indent=2, default=str
             )
         )
         return
     click.echo(f"# {config.path}")
     for key, value in masked.items():
         shown = value if isinstance(value, str) else json.dumps(value, default=str)
-        click.echo(f"{key} = {shown}    # {config.sources.get(key, 'default')}")
+        click.echo(f"{key} = {shown}    # {sources.get(key, 'default')}")
+
+
+@cli.command()
+@config_option
+@click.option("--user", metavar="NAME", help="Run the programs as NAME (default: you, unless you are root).")
+@click.option(
+    "--venv", metavar="PATH", help="The virtualenv host-framework is installed in (default: this one)."
+)
+@click.option(
+    "--log-dir", default="/var/log/host", show_default=True, metavar="DIR", help="Where the programs log."
+)
+@click.option(
+    "--queues",
+    "-Q",
+    multiple=True,
+    metavar="Q1,Q2",
+    help="A worker program for these queues; repeat for each group (default: one program, every queue).",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Processes per program."
+)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+def supervisor(
+    config_path: str | None,
+    user: str | None,
+    venv: str | None,
+    log_dir: str,
+    queues: tuple[str, ...],
+    workers: int,
+    output: str | None,
+) -> None:
+    """Render a supervisor configuration: worker programs per queue group, and one beat."""
+    import getpass
+
+    from core import supervisor as rendering
+
+    host = Host(config_path)
+    host.configure()  # the whole configuration must be valid, plugins included
+    current = None if user else getpass.getuser()
+    d = rendering.deployment(
+        host.config,
+        user=user,
+        venv=venv,
+        log_dir=log_dir,
+        queues=queues,
+        workers=workers,
+        current_user=current,
+    )
+    text = rendering.render(d)
+    if output:
+        from pathlib import Path
+
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command("plugins")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins_command(config_path: str | None, as_json: bool) -> None:
+    """List installed plugins and task extensions: enabled or not, hooks, tasks, queues, errors."""
+    from core.inventory import inventory, render
+
+    host = Host(config_path, strict=False)
+    register_plugin_commands(host.plugins, reserved=set(cli.commands))
+    listing = inventory(host.plugins, host.discovery)
+    click.echo(json.dumps(listing, indent=2) if as_json else render(listing))
+    if any(item["error"] and item.get("enabled", True) for items in listing.values() for item in items):
+        sys.exit(2)
+
+
+@cli.command()
+@config_option
+@click.option(
+    "--timeout",
+    type=SECONDS,
+    default=3.0,
+    show_default=True,
+    metavar="S",
+    help="How long a service may take.",
+)
+def doctor(config_path: str | None, timeout: float) -> None:
+    """Check everything that needs no running worker: config, plugins, extensions, broker.
+
+    One line per check; each problem comes with its fix. Exit status 0 when all
+    is well, 2 for a configuration problem, 1 when only a service does not answer.
+    """
+    from core import doctor as checks
+
+    results = []
+    for check in checks.run(config_path, timeout=timeout):
+        results.append(check)
+        click.echo(check.line())
+    sys.exit(checks.exit_status(results))
 
 
 def main() -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from core.config import mask_url
 from core.errors import ConfigError, HostError, ResultTimeout, ServiceUnavailable, TaskFailed, UsageError
+from core.masking import mask_url
 
 #: How often a waiting client asks the result store; the embedded store starts
 #: faster than this and backs off to it.
@@ -112,6 +112,28 @@ def check_task_name(name: str, known: Iterable[str], broken: Sequence[str] = ())
     raise UsageError(message, hint="'host tasks' lists every task the installed extensions provide")
 
 
+def check_size(app: Any, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """Arguments larger than ``host.max_message_bytes`` are refused before they are sent.
+
+    Workers reject such a message (core/consumer.py); refusing it here tells the
+    sender at once. Measured as the JSON the message body will hold.
+    """
+    config = getattr(app, "host_config", None)
+    limit = config.host.get("max_message_bytes", 0) if config is not None else 0
+    if not limit or app.conf.task_serializer != "json":
+        return
+    try:
+        size = len(json.dumps([list(args), dict(kwargs), {}]).encode("utf-8"))
+    except (TypeError, ValueError):
+        return  # not JSON at all: send() reports that with its own message
+    if size > limit:
+        raise UsageError(
+            f"the arguments of {name} are {size} bytes, more than host.max_message_bytes = {limit}; "
+            "workers would reject the message",
+            hint="pass large data by reference (a path, a URL, a database id) instead of in the arguments",
+        )
+
+
 def send(
     app: Any, name: str, args: list[Any], kwargs: dict[str, Any], *, wait: bool = True, **options: Any
 ) -> Any:
@@ -125,6 +147,7 @@ def send(
     from celery import _state
     from kombu.exceptions import EncodeError, OperationalError
 
+    check_size(app, name, args, kwargs)
     options = {key: value for key, value in options.items() if value is not None}
     # Celery skips the reply set-up in processes where joining would block
     # (pool processes); this is Celery's own switch for it.

@@ -26,9 +26,6 @@ from __future__ import annotations
 import configparser
 import copy
 import difflib
-import functools
-import json
-import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -36,7 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.convert import cached_celery_options, convert_value
 from core.errors import ConfigError
+from core.masking import mask_text
 
 APP_SECTION = "app:main"
 DEFAULT_CONFIG = "development.ini"
@@ -65,9 +64,6 @@ CELERY_DEFAULTS: dict[str, Any] = {
     "broker_connection_retry_on_startup": True,
 }
 
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-
 
 @dataclass(frozen=True)
 class HostOption:
@@ -77,6 +73,8 @@ class HostOption:
     default: Any
     help: str
     choices: tuple[str, ...] = ()
+    #: A regular expression the whole value must match, and what it means.
+    pattern: tuple[str, str] | None = None
 
 
 #: Every ``host.*`` key the framework understands.
@@ -95,7 +93,38 @@ HOST_OPTIONS: dict[str, HostOption] = {
         "entry points are ignored. By default every installed extension "
         "contributes, as in CKAN.",
     ),
+    "allow_root": HostOption(
+        "bool",
+        False,
+        "Let host celeryd and host celerybeat run as root. Off: they refuse, since "
+        "a task runs with the privileges of its worker and its message comes from "
+        "the network. For throw-away containers and development only.",
+    ),
+    "max_message_bytes": HostOption(
+        "int",
+        10 * 1024 * 1024,
+        "The largest task message a worker runs, and host send and the toolkit send: "
+        "a larger one is rejected with a clear error instead of filling memory, logs and "
+        "the result store. Pass large data by reference. 0: no limit.",
+    ),
+    "plugins": HostOption(
+        "list",
+        [],
+        "Names of the plugins to enable (entry points in the group host.plugins), "
+        "in the order their hooks are called. HOST_PLUGINS overrides it.",
+    ),
+    "site_id": HostOption(
+        "string",
+        "",
+        "Prefixes every queue name (host:SITE:queue) and the control and event "
+        "exchanges, so that several hosts can share one broker without running "
+        "each other's tasks. Empty: no prefix.",
+        pattern=(r"[A-Za-z0-9_.-]*", "letters, digits, '_', '.' and '-' only"),
+    ),
 }
+
+#: The environment variables of plugin options start with this.
+PLUGIN_ENV_PREFIX = "HOST_PLUGIN_"
 
 
 @dataclass(frozen=True)
@@ -111,6 +140,20 @@ class HostConfig:
     #: True when the file has ``[loggers]``: logging is configured from it.
     has_logging: bool = False
     parser: configparser.ConfigParser | None = field(default=None, repr=False, compare=False)
+    #: ``HOST_PLUGIN_*`` variables, read once with the file; plugin options
+    #: are validated against them once the plugins have declared their options.
+    plugin_environ: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def plugin_section(self, name: str) -> dict[str, str]:
+        """The raw keys of ``[plugin:NAME]``, interpolated; empty when there is none."""
+        section = plugin_section_name(name)
+        if self.parser is None or not self.parser.has_section(section):
+            return {}
+        return section_values(self.parser, self.path, section)
+
+
+def plugin_section_name(name: str) -> str:
+    return f"plugin:{name}"
 
 
 # -- which file -----------------------------------------------------------
@@ -163,7 +206,7 @@ def load_config(
     environ = os.environ if environ is None else environ
     ini = resolve_config_path(path, environ)
     parser = _read(ini)
-    raw = _section_values(parser, ini)
+    raw = section_values(parser, ini, APP_SECTION)
     celery, host, sources = {}, {}, {}
     for key, value in raw.items():
         namespace, _, name = key.partition(".")
@@ -193,7 +236,25 @@ def load_config(
     if has_logging and "worker_hijack_root_logger" not in celery:
         celery["worker_hijack_root_logger"] = False
         sources["celery.worker_hijack_root_logger"] = "default"
-    return HostConfig(ini, celery, host, sources, has_logging, parser)
+    plugin_environ = {k: v for k, v in environ.items() if k.startswith(PLUGIN_ENV_PREFIX) and v != ""}
+    return HostConfig(ini, celery, host, sources, has_logging, parser, plugin_environ)
+
+
+def plugin_names(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """``host.plugins`` (or ``$HOST_PLUGINS``) alone, without Celery's option table.
+
+    For ``host --help``, which lists plugin commands and must stay fast; every
+    command that runs validates the whole file with :func:`load_config`.
+    """
+    environ = os.environ if environ is None else environ
+    var = host_env_name("plugins")
+    if environ.get(var):
+        return convert_host("plugins", environ[var], path=ENVIRONMENT, key=var)
+    ini = resolve_config_path(path, environ)
+    raw = section_values(_read(ini), ini, APP_SECTION)
+    return convert_host("plugins", raw.get("host.plugins", ""), path=str(ini), key="host.plugins")
 
 
 def _read(ini: Path) -> configparser.ConfigParser:
@@ -225,19 +286,19 @@ def interpolation_variables(ini: Path) -> dict[str, str]:
     return {"here": str(ini.parent).replace("%", "%%"), "__file__": str(ini).replace("%", "%%")}
 
 
-def _section_values(parser: configparser.ConfigParser, ini: Path) -> dict[str, str]:
-    """The keys written in ``[app:main]``, interpolated with ``%(here)s``."""
+def section_values(parser: configparser.ConfigParser, ini: Path, section: str) -> dict[str, str]:
+    """The keys written in ``section``, interpolated with ``%(here)s``."""
     variables = interpolation_variables(ini)
-    keys = [k for k in parser.options(APP_SECTION) if k not in parser.defaults()]
+    keys = [k for k in parser.options(section) if k not in parser.defaults()]
     values = {}
     for key in keys:
         try:
-            values[key] = parser.get(APP_SECTION, key, vars=variables)
+            values[key] = parser.get(section, key, vars=variables)
         except configparser.Error as e:
             raise ConfigError(
                 f"cannot interpolate the value: {_interpolation_problem(e)}",
                 path=str(ini),
-                section=APP_SECTION,
+                section=section,
                 key=key,
                 hint="use %(here)s for the ini's folder and write a literal % as %%",
             ) from e
@@ -260,32 +321,16 @@ def _one_line(error: Exception) -> str:
 # -- conversion -----------------------------------------------------------
 
 
-def celery_options() -> dict[str, str]:
-    """Celery's option table as ``{setting: type name}``."""
-    from celery.app.defaults import NAMESPACES, flatten
-
-    types = {}
-    for key, option in flatten(NAMESPACES):
-        kind = option.type
-        # Celery's table names one type by the class instead of its name
-        # (beat_cron_starting_deadline uses type=int).
-        types[key] = kind.__name__ if isinstance(kind, type) else kind
-    # Typed "any" in Celery's table, but only a number works: Celery warns about
-    # "two" and quietly falls back to the CPU count.
-    types["worker_concurrency"] = "int"
-    return types
-
-
 def convert_celery(name: str, value: str, *, path: str, key: str) -> Any:
     """Convert one ``celery.`` value to the type Celery's option table gives it."""
-    options = _cached_celery_options()
+    options = cached_celery_options()
     if name not in options:
         raise ConfigError(
             "unknown Celery setting",
             path=path,
             section=_section_of(path),
             key=key,
-            hint=_suggest(name, options, render=lambda k: f"celery.{k}")
+            hint=suggest(name, options, render=lambda k: f"celery.{k}")
             + " (see https://docs.celeryq.dev/en/stable/userguide/configuration.html)",
         )
     return _convert(options[name], value, path=path, key=key)
@@ -301,7 +346,7 @@ def convert_host(name: str, value: str, *, path: str, key: str) -> Any:
             path=path,
             section=section,
             key=key,
-            hint=_suggest(name, HOST_OPTIONS, render=lambda k: f"host.{k}"),
+            hint=suggest(name, HOST_OPTIONS, render=lambda k: f"host.{k}"),
         )
     converted = _convert(option.type, value, path=path, key=key)
     if option.choices and converted not in option.choices:
@@ -311,6 +356,10 @@ def convert_host(name: str, value: str, *, path: str, key: str) -> Any:
             section=section,
             key=key,
         )
+    if option.pattern and not re.fullmatch(option.pattern[0], converted):
+        raise ConfigError(
+            f"{converted!r} is not valid here: use {option.pattern[1]}", path=path, section=section, key=key
+        )
     return converted
 
 
@@ -318,109 +367,15 @@ def _section_of(path: str) -> str | None:
     return None if path == ENVIRONMENT else APP_SECTION
 
 
-def _suggest(name: str, known: Mapping[str, Any], render: Callable[[str], str]) -> str:
+def suggest(name: str, known: Mapping[str, Any], render: Callable[[str], str]) -> str:
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     if close:
         return f"did you mean {render(close[0])}?"
     return "the known keys are listed in docs/configuration.md"
 
 
-@functools.cache
-def _cached_celery_options() -> dict[str, str]:
-    return celery_options()
-
-
 def _convert(kind: str, value: str, *, path: str, key: str) -> Any:
-    text = value.strip()
-    if text == "" and kind != "string":
-        return [] if kind in ("list", "tuple") else None
-    try:
-        return _CONVERTERS.get(kind, _to_any)(text)
-    except (ValueError, TypeError) as e:
-        # A value that may hold a secret is not quoted back.
-        shown = "the value" if _SECRET_KEY.search(text) else repr(mask(text, key))
-        raise ConfigError(
-            f"{shown} is not {_EXPECTED.get(kind, kind)}: {e}",
-            path=path,
-            section=_section_of(path),
-            key=key,
-        ) from e
-
-
-def _number(kind: Callable[[str], Any], text: str, example: str) -> Any:
-    try:
-        number = kind(text)
-    except ValueError:
-        raise ValueError(f"write {example}") from None
-    # No Celery setting means anything by a negative count or time, nor by nan.
-    if not math.isfinite(number) or number < 0:
-        raise ValueError(f"must be 0 or more; write {example}")
-    return number
-
-
-def _to_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError("use true/false, yes/no, on/off or 1/0")
-
-
-def _to_list(text: str) -> list[Any]:
-    if text.startswith("["):
-        parsed = _json(text)
-        if not isinstance(parsed, list):
-            raise ValueError("expected a JSON list")
-        # Every list setting (accept_content, include, ...) holds names.
-        if not all(isinstance(item, str) for item in parsed):
-            raise ValueError("expected a JSON list of strings")
-        return parsed
-    return [item for item in re.split(r"[\s,]+", text) if item]
-
-
-def _to_dict(text: str) -> dict[str, Any]:
-    parsed = _json(text)
-    if not isinstance(parsed, dict):
-        raise ValueError('expected a JSON object such as {"key": 1}')
-    return parsed
-
-
-def _to_any(text: str) -> Any:
-    """Structured values are JSON; anything else stays a string."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"invalid JSON ({e.msg} at column {e.colno})") from None
-
-
-_CONVERTERS: dict[str, Callable[[str], Any]] = {
-    "string": str,
-    "str": str,
-    "int": lambda text: _number(int, text, "a whole number such as 4"),
-    "float": lambda text: _number(float, text, "a number such as 2.5"),
-    "bool": _to_bool,
-    "list": _to_list,
-    "tuple": _to_list,
-    "dict": _to_dict,
-    "bytes": str.encode,
-    "any": _to_any,
-}
-_EXPECTED = {
-    "int": "an integer",
-    "float": "a number",
-    "bool": "a boolean",
-    "list": "a list (space or comma separated, or JSON)",
-    "tuple": "a list (space or comma separated, or JSON)",
-    "dict": "a JSON object",
-}
+    return convert_value(kind, value, path=path, section=_section_of(path), key=key)
 
 
 # -- environment and checks -----------------------------------------------
@@ -434,7 +389,7 @@ def host_env_name(key: str) -> str:
 def _apply_environment(
     environ: Mapping[str, str], celery: dict[str, Any], host: dict[str, Any], sources: dict[str, str]
 ) -> None:
-    options = _cached_celery_options()
+    options = cached_celery_options()
     # An empty variable counts as unset (VAR= in a shell or a unit file).
     environ = {var: value for var, value in environ.items() if value != ""}
     for var, name in CELERY_ENV_ALIASES.items():
@@ -452,7 +407,7 @@ def _apply_environment(
                 "unknown Celery setting in the environment",
                 path=ENVIRONMENT,
                 key=var,
-                hint=_suggest(name, options, render=lambda k: HOST_CELERY_ENV_PREFIX + k.upper()),
+                hint=suggest(name, options, render=lambda k: HOST_CELERY_ENV_PREFIX + k.upper()),
             )
         celery[name] = convert_celery(name, environ[var], path=ENVIRONMENT, key=var)
         sources[f"celery.{name}"] = f"env {var}"
@@ -528,51 +483,3 @@ def configure_logging(config: HostConfig) -> None:
             path=str(config.path),
             hint="see https://docs.python.org/3/library/logging.config.html#configuration-file-format",
         ) from e
-
-
-# -- showing ----------------------------------------------------------------
-
-_SECRET_KEY = re.compile(
-    r"password|passwd|secret|token|api_?key|credential|auth|access_?key|account_?key|private_?key|sas",
-    re.IGNORECASE,
-)
-
-
-def mask(value: Any, key: str = "") -> Any:
-    """Hide passwords: in URLs, in dicts, and under keys that name a secret."""
-    if isinstance(value, Mapping):
-        return {k: mask(v, str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(mask(v, key) for v in value)
-    if key and _SECRET_KEY.search(key) and value not in (None, ""):
-        return "********"
-    if isinstance(value, str) and ("://" in value or "=" in value):
-        return mask_url(value)
-    return value
-
-
-# Everything between "scheme://user:" and the last "@" is the password. Not
-# kombu's sanitize_url: it raises (quoting part of the password) when the
-# password holds "/", "?" or "#", and drops the query string.
-_URL_PASSWORD = re.compile(r"([A-Za-z][\w+.-]*://[^:@/?#\s]*:)(.*)@", re.DOTALL)
-# key=value secrets: URL query parameters (?password=...) and connection
-# strings (Azure's AccountKey=...;).
-_KEY_VALUE_SECRET = re.compile(
-    rf"((?:^|[?&;\s])[^=&;?\s]*(?:{_SECRET_KEY.pattern})[^=&;?\s]*=)[^&;\s]*", re.IGNORECASE
-)
-
-
-def mask_url(url: str) -> str:
-    """``amqp://user:secret@host//`` -> ``amqp://user:**@host//``; several URLs
-    separated by ``;`` (kombu's fail-over syntax) are each masked, and so are
-    secrets written as ``key=value``, such as ``?password=`` or ``AccountKey=``."""
-    return ";".join(_mask_one_url(part) for part in url.split(";"))
-
-
-def _mask_one_url(url: str) -> str:
-    return _KEY_VALUE_SECRET.sub(r"\1**", _URL_PASSWORD.sub(r"\1**@", url, count=1))
-
-
-def mask_text(text: str) -> str:
-    """Mask every URL and ``key=value`` secret in free text, such as an error message."""
-    return re.sub(r"\S+", lambda m: mask_url(m.group()), text)

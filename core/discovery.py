@@ -15,17 +15,21 @@ is raised from here, so ``host tasks`` can show every problem at once.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import importlib_metadata
 
 from core.config import HostConfig
 from core.errors import DuplicateTaskError, ExtensionError, HostError
+
+if TYPE_CHECKING:
+    from plugins.manager import HostPluginManager
 
 GROUP = "host.celery_task"
 _MODULE_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -43,6 +47,11 @@ class Extension:
     tasks: dict[str, str] = field(default_factory=dict)
     error: ExtensionError | None = None
     disabled: bool = False
+    #: How its modules are named, for messages: the entry point's function,
+    #: or a plugin's ``host_task_imports`` hook.
+    call: str = "task_imports()"
+    #: The plugin name, when the modules come from a plugin's hook.
+    plugin: str | None = None
 
     @property
     def label(self) -> str:
@@ -100,14 +109,23 @@ def describe(ep: importlib_metadata.EntryPoint) -> str:
 
 
 def discover(
-    app: Any, config: HostConfig, entry_points: Iterable[importlib_metadata.EntryPoint] | None = None
+    app: Any,
+    config: HostConfig,
+    entry_points: Iterable[importlib_metadata.EntryPoint] | None = None,
+    plugin_manager: HostPluginManager | None = None,
 ) -> Discovery:
     """Import every enabled extension's task modules into ``app``.
+
+    The modules come from the ``host.celery_task`` entry points, then from the
+    ``host_task_imports`` hook of each active plugin; both go through the same
+    checks. A module an earlier source already imported is not imported twice.
 
     :param app: the configured Celery app the task modules register on.
     :param config: supplies ``host.celery_task.disabled``.
     :param entry_points: for tests; default: the installed ``host.celery_task`` ones.
+    :param plugin_manager: the loaded plugins; default: the app's own.
     """
+    pm = plugin_manager if plugin_manager is not None else getattr(app, "host_plugins", None)
     disabled = {normalize(name) for name in config.host["celery_task.disabled"]}
     # Until an app is finalized, @app.task only queues the task and registers
     # it on the next access to app.tasks; a duplicate name would then raise
@@ -122,7 +140,22 @@ def discover(
             ext.disabled = True
             continue
         try:
-            _load(app, ep, ext, owners)
+            _load(app, _import_entry_point(ep, ext), ext, owners)
+        except ExtensionError as e:
+            ext.error = e
+            _unload(app, ext)
+    for plugin in pm.implementing("host_task_imports") if pm is not None else []:
+        assert pm is not None
+        ext = Extension(
+            plugin.distribution or "?",
+            plugin.version or "?",
+            plugin.entry_point or plugin.name,
+            call="host_task_imports()",
+            plugin=plugin.name,
+        )
+        extensions.append(ext)
+        try:
+            _load(app, pm.caller(plugin, "host_task_imports"), ext, owners)
         except ExtensionError as e:
             ext.error = e
             _unload(app, ext)
@@ -136,11 +169,12 @@ def _extension(ep: importlib_metadata.EntryPoint) -> Extension:
     return Extension(name, version, describe(ep))
 
 
-def _load(app: Any, ep: importlib_metadata.EntryPoint, ext: Extension, owners: dict[str, Extension]) -> None:
-    task_imports = _import_entry_point(ep, ext)
+def _load(app: Any, task_imports: Callable[[], Any], ext: Extension, owners: dict[str, Extension]) -> None:
     modules = _call_task_imports(task_imports, ext)
-    ext.modules = modules
-    for module in modules:
+    # A module another source imported stays that source's (an extension in
+    # the middle of moving from the entry point to the plugin hook).
+    ext.modules = [m for m in modules if m not in owners]
+    for module in ext.modules:
         owners[module] = ext
         _import_task_module(app, module, ext, owners)
         ext.tasks.update((name, module) for name, task in app.tasks.items() if _defined_in(task, module))
@@ -169,19 +203,22 @@ def _import_entry_point(ep: importlib_metadata.EntryPoint, ext: Extension) -> An
 
 
 def _call_task_imports(task_imports: Any, ext: Extension) -> list[str]:
-    hint = "task_imports() must return module paths such as ['example_ext.tasks']"
+    call = ext.call
+    hint = f"{call} must return module paths such as ['example_ext.tasks']"
     if not callable(task_imports):
         raise _error(ext, f"the entry point names {task_imports!r}, which is not a function", hint=hint)
     try:
         result = task_imports()
     except Exception as e:
-        raise _error(ext, f"task_imports() raised {_exc(e)}{_where(e)}", hint=hint) from e
+        raise _error(ext, f"{call} raised {exception_text(e)}", hint=hint) from e
+    if result is None and ext.plugin is not None:
+        return []  # pluggy drops a None result: the hook has nothing to add
     if isinstance(result, (str, bytes)) or not isinstance(result, Iterable):
-        raise _error(ext, f"task_imports() returned {result!r}, not a list of module paths", hint=hint)
+        raise _error(ext, f"{call} returned {result!r}, not a list of module paths", hint=hint)
     modules = list(result)
     bad = [m for m in modules if not isinstance(m, str) or not _MODULE_PATH.match(m)]
     if bad:
-        raise _error(ext, f"task_imports() returned {bad[0]!r}, which is not a module path", hint=hint)
+        raise _error(ext, f"{call} returned {bad[0]!r}, which is not a module path", hint=hint)
     return list(dict.fromkeys(modules))
 
 
@@ -194,11 +231,12 @@ def _import_task_module(app: Any, module: str, ext: Extension, owners: dict[str,
             ext,
             f"task name {e.name!r} in module {module} is already registered by {first}",
             module=module,
+            duplicate_task=e.name,
             hint="task names must be unique across extensions: rename one, or disable one "
             "extension with host.celery_task.disabled",
         ) from e
     except Exception as e:
-        raise _import_failure(e, module, ext, what="a module task_imports() returned") from e
+        raise _import_failure(e, module, ext, what=f"a module {ext.call} returned") from e
 
 
 def _owner_label(module: str, owners: dict[str, Extension]) -> str:
@@ -206,10 +244,23 @@ def _owner_label(module: str, owners: dict[str, Extension]) -> str:
     return f"{owner.label} (module {module})" if owner else f"module {module}"
 
 
-def _import_failure(e: Exception, module: str, ext: Extension, what: str) -> ExtensionError:
-    """Tell "not installed" from "broken inside"."""
+def explain_import_error(e: Exception, module: str) -> tuple[str, bool]:
+    """Why importing ``module`` failed, and whether it is simply not installed.
+
+    Tells "not installed" (the module itself, or a package holding it, is
+    missing) from "broken inside" (it raised, or imports something missing).
+    """
     missing = getattr(e, "name", None) if isinstance(e, ModuleNotFoundError) else None
     if missing and (module == missing or module.startswith(missing + ".")):
+        return "it is not installed", True
+    if missing:
+        return f"it imports {missing}, which is not installed", False
+    return f"it raised {exception_text(e)}", False
+
+
+def _import_failure(e: Exception, module: str, ext: Extension, what: str) -> ExtensionError:
+    cause, not_installed = explain_import_error(e, module)
+    if not_installed:
         return _error(
             ext,
             f"module {module} ({what}) is not installed",
@@ -217,11 +268,11 @@ def _import_failure(e: Exception, module: str, ext: Extension, what: str) -> Ext
             not_installed=True,
             hint=f"reinstall {ext.distribution} (pip install {ext.distribution}), or uninstall it",
         )
-    if missing:
-        cause = f"it imports {missing}, which is not installed"
-        hint = f"install {missing}, or the extra of {ext.distribution} that provides it"
+    if isinstance(e, ModuleNotFoundError):
+        hint = f"install {e.name}, or the extra of {ext.distribution} that provides it"
+    elif ext.plugin is not None:
+        hint = f"fix the module, or remove {ext.plugin!r} from host.plugins"
     else:
-        cause = f"it raised {_exc(e)}{_where(e)}"
         hint = f"fix the module, or disable the extension: host.celery_task.disabled = {ext.distribution}"
     return _error(ext, f"module {module} ({what}) is broken: {cause}", module=module, hint=hint)
 
@@ -232,6 +283,7 @@ def _error(
     *,
     module: str | None = None,
     not_installed: bool = False,
+    duplicate_task: str | None = None,
     hint: str | None = None,
 ) -> ExtensionError:
     return ExtensionError(
@@ -241,21 +293,40 @@ def _error(
         entry_point=ext.entry_point,
         module=module,
         not_installed=not_installed,
+        duplicate_task=duplicate_task,
         hint=hint,
     )
 
 
-def _exc(e: BaseException) -> str:
+def exception_text(e: BaseException, within: str | None = None) -> str:
+    """``ValueError: bad at /path/module.py, line 3``: the exception and where it was raised.
+
+    ``within`` (a module name) picks the innermost frame in that module's
+    top-level package, so a plugin's error points at the plugin's own line
+    rather than at the library it called.
+    """
     text = str(e)
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return (f"{type(e).__name__}: {text}" if text else type(e).__name__) + _where(e, within)
 
 
-def _where(e: BaseException) -> str:
+def _where(e: BaseException, within: str | None) -> str:
     frames = traceback.extract_tb(e.__traceback__)
     if not frames:
         return ""
-    last = frames[-1]
-    return f" at {last.filename}, line {last.lineno}"
+    chosen = frames[-1]
+    folder = _package_folder(within) if within else None
+    if folder:
+        chosen = next((f for f in reversed(frames) if f.filename.startswith(folder)), chosen)
+    return f" at {chosen.filename}, line {chosen.lineno}"
+
+
+def _package_folder(module: str) -> str | None:
+    top = sys.modules.get(module.partition(".")[0])
+    file = getattr(top, "__file__", None)
+    if not file:
+        return None
+    # A package: its folder. A single-file module: the file itself.
+    return os.path.dirname(file) + os.sep if os.path.basename(file) == "__init__.py" else file
 
 
 def _unload(app: Any, ext: Extension) -> None:

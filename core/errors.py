@@ -9,6 +9,8 @@ what to do. ``core.cli`` is the only place that turns these into exit codes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class HostError(Exception):
     """Base class: a problem the user can fix, reported without a traceback."""
@@ -66,6 +68,7 @@ class ExtensionError(HostError):
         entry_point: str,
         module: str | None = None,
         not_installed: bool = False,
+        duplicate_task: str | None = None,
         hint: str | None = None,
     ) -> None:
         source = f"extension {distribution}=={version} (entry point {entry_point})"
@@ -73,6 +76,32 @@ class ExtensionError(HostError):
         self.distribution, self.version = distribution, version
         self.entry_point, self.module = entry_point, module
         self.not_installed = not_installed
+        #: The task name, when the problem is a name another extension registered.
+        self.duplicate_task = duplicate_task
+
+
+class PluginError(HostError):
+    """A plugin named in ``host.plugins`` could not be loaded, or one of its hooks failed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        plugin: str,
+        distribution: str | None = None,
+        version: str | None = None,
+        entry_point: str | None = None,
+        not_installed: bool = False,
+        hint: str | None = None,
+    ) -> None:
+        source = f"plugin {plugin!r}"
+        if distribution:
+            source += f" ({distribution}=={version}, entry point {entry_point})"
+        super().__init__(
+            f"{source} {message}" if message.startswith("is ") else f"{source}: {message}", hint=hint
+        )
+        self.plugin, self.distribution, self.version = plugin, distribution, version
+        self.entry_point, self.not_installed = entry_point, not_installed
 
 
 class DuplicateTaskError(HostError):
@@ -107,3 +136,22 @@ class ResultTimeout(HostError):
     """Waiting for a result gave up; the task may still run later."""
 
     exit_code = 1
+
+
+def combine(errors: Sequence[HostError]) -> HostError:
+    """One error for several: the only one, or a numbered list of all."""
+    if len(errors) == 1:
+        return errors[0]
+    kinds = {type(e) for e in errors}
+    what = (
+        "plugins"
+        if kinds == {PluginError}
+        else "extensions"
+        if PluginError not in kinds
+        else "extensions and plugins"
+    )
+    text = "\n".join(f"  {i}. {e}" for i, e in enumerate(errors, 1))
+    return HostError(
+        f"{len(errors)} {what} are broken:\n{text}",
+        hint=f"fix them, or set host.extensions.on_error = warn to skip broken {what}",
+    )

@@ -11,5 +11,7 @@ setup(
     install_requires=["host-framework"],
     entry_points={
         "host.celery_task": ["tasks = example_ext.celery_import:task_imports"],
+        # A pluggy plugin, enabled by name in the ini: host.plugins = example
+        "host.plugins": ["example = example_ext.plugin"],
     },
 )

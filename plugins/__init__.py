@@ -1,15 +1,89 @@
-"""What extension authors import. The pluggy hook layer arrives with the plugin issue;
-for now this re-exports the shared app so task modules have one stable import."""
+"""What extension authors import: the hook marker and a small toolkit.
+
+::
+
+    from plugins import hookimpl, plugin_config, send_task
+
+    @hookimpl
+    def host_queues():
+        return {"example": ["example.add"]}
+
+The hooks are specified in :mod:`plugins.hookspecs` and documented in
+``docs/plugins.md``. Importing this package is cheap: it does not import
+Celery, load a plugin or read a configuration.
+"""
 
 from __future__ import annotations
 
-__all__ = ["celery"]
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from plugins.hookspecs import PROJECT
+
+if TYPE_CHECKING:
+    from celery.result import AsyncResult
+
+    from core.celery_app import HostCelery
+    from core.config import HostConfig
+
+__all__ = ["celery", "host_config", "hookimpl", "plugin_config", "send_task"]
+
+#: Marks a function as the implementation of the hook with the same name.
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+def _app() -> HostCelery:
+    from core.celery_app import celery
+
+    return celery
+
+
+def host_config() -> HostConfig:
+    """The host's validated configuration (configuring the app from ``$HOST_CONFIG`` if needed)."""
+    return _app().configure_from_environment()
+
+
+def plugin_config(name: str) -> dict[str, Any]:
+    """The validated options of plugin ``name``'s ``[plugin:NAME]`` section.
+
+    :raises KeyError: when the plugin is not enabled.
+    """
+    host_config()  # configures the app, and so loads the plugins, when nothing has yet
+    plugins = _app().host_plugins
+    if plugins is None or name not in plugins.options:
+        enabled = ", ".join(plugins.options) if plugins else "none"
+        raise KeyError(f"plugin {name!r} is not enabled in host.plugins (enabled: {enabled})")
+    return plugins.options[name]
+
+
+def send_task(
+    name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+) -> AsyncResult:
+    """Send task ``name`` by name, routed as the plugins' queues say; returns its AsyncResult.
+
+    ``options`` are those of Celery's ``send_task`` (``countdown``, ``eta``,
+    ``task_id``...). A ``queue`` given by name is the queue as plugins and
+    ``-Q`` call it: ``host.site_id``'s prefix is added, as ``host send --queue``
+    does.
+
+    :raises core.errors.UsageError: when the arguments are larger than
+        ``host.max_message_bytes``.
+    """
+    from core.client import check_size
+    from core.settings import queue_name
+
+    app = _app()
+    config = app.configure_from_environment()
+    check_size(app, name, args, kwargs or {})
+    if isinstance(options.get("queue"), str):
+        options["queue"] = queue_name(config, options["queue"])
+    return app.send_task(name, args=list(args), kwargs=dict(kwargs or {}), **options)
 
 
 def __getattr__(name: str) -> object:
     # Lazy, so that importing ``plugins`` does not import Celery.
     if name == "celery":
-        from core.celery_app import celery
-
-        return celery
+        return _app()
     raise AttributeError(f"module 'plugins' has no attribute {name!r}")

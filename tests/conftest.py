@@ -14,8 +14,12 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from core.celery_app import HostCelery
 
 ROOT = Path(__file__).resolve().parent.parent
 RABBITMQ_URL = os.environ.get("HOST_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -111,3 +115,32 @@ def write_ini(path: Path, body: str) -> Path:
     """Write an ini file; ``body`` is dedented."""
     path.write_text(textwrap.dedent(body).lstrip(), encoding="utf-8")
     return path
+
+
+# -- a fresh app --------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[HostCelery]:
+    """A fresh HostCelery that ``from core.celery_app import celery`` returns during the test.
+
+    The same as the ``app`` fixture of test_discovery.py, which explains why
+    this is enough to keep tests apart: task modules bind ``celery`` when
+    imported, and Celery's process-wide "shared task" finalizers are limited
+    to its built-in tasks during the test, then restored.
+    """
+    from celery import _state as celery_state
+
+    import core.celery_app
+
+    fresh = core.celery_app.HostCelery("host", set_as_current=False)
+    monkeypatch.setattr(core.celery_app, "celery", fresh)
+    finalizers = celery_state._on_app_finalizers
+    saved = set(finalizers)
+    finalizers.clear()
+    finalizers.update(cb for cb in saved if cb.__module__ == "celery.app.builtins")
+    try:
+        yield fresh
+    finally:
+        finalizers.clear()
+        finalizers.update(saved)

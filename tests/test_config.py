@@ -23,12 +23,10 @@ from core.config import (
     HostConfig,
     configure_logging,
     load_config,
-    mask,
-    mask_text,
-    mask_url,
     resolve_config_path,
 )
 from core.errors import ConfigError, HostError
+from core.masking import mask, mask_text, mask_url
 
 CELERY_DOCS = "(see https://docs.celeryq.dev/en/stable/userguide/configuration.html)"
 
@@ -169,11 +167,18 @@ def test_empty_accept_content_is_an_empty_list(tmp_path: Path) -> None:
 
 def test_host_keys_are_converted(tmp_path: Path) -> None:
     config = load(
-        tmp_path, "host.celery_task.disabled = example-ext, other-ext\nhost.extensions.on_error = warn\n"
+        tmp_path,
+        "host.celery_task.disabled = example-ext, other-ext\nhost.extensions.on_error = warn\n"
+        "host.plugins = example other\nhost.site_id = shop-2\nhost.allow_root = yes\n"
+        "host.max_message_bytes = 4096\n",
     )
     assert config.host == {
         "celery_task.disabled": ["example-ext", "other-ext"],
         "extensions.on_error": "warn",
+        "plugins": ["example", "other"],
+        "site_id": "shop-2",
+        "allow_root": True,
+        "max_message_bytes": 4096,
     }
     assert config.host["extensions.on_error"] == "warn"
 
@@ -553,7 +558,14 @@ def test_json_only_defaults(tmp_path: Path) -> None:
     assert config.celery["task_serializer"] == "json"
     assert config.celery["result_serializer"] == "json"
     assert config.host == {name: option.default for name, option in HOST_OPTIONS.items()}
-    assert config.host == {"extensions.on_error": "fail", "celery_task.disabled": []}
+    assert config.host == {
+        "extensions.on_error": "fail",
+        "celery_task.disabled": [],
+        "allow_root": False,
+        "max_message_bytes": 10 * 1024 * 1024,
+        "plugins": [],
+        "site_id": "",
+    }
     assert set(config.sources.values()) == {"default"}
     assert config.has_logging is False
     assert "worker_hijack_root_logger" not in config.celery
@@ -781,6 +793,10 @@ def test_sources_record_where_each_value_came_from(tmp_path: Path) -> None:
         "celery.result_serializer": "default",
         "celery.broker_connection_retry_on_startup": "default",
         "host.celery_task.disabled": "default",
+        "host.allow_root": "default",
+        "host.max_message_bytes": "default",
+        "host.plugins": "default",
+        "host.site_id": "default",
     }
     assert set(config.sources) == {f"celery.{k}" for k in config.celery} | {f"host.{k}" for k in config.host}
 
@@ -1159,6 +1175,10 @@ _KEYS = st.sampled_from(
         "celery.broker_ur",
         "host.extensions.on_error",
         "host.celery_task.disabled",
+        "host.allow_root",
+        "host.max_message_bytes",
+        "host.plugins",
+        "host.site_id",
         "host.nope",
         "debug",
         "celery.",
@@ -1197,7 +1217,19 @@ _VALUES = st.sampled_from(
 )
 _TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
 _LINE = st.one_of(
-    st.sampled_from(["[app:main]", "[DEFAULT]", "[loggers]", "[app:main", "[]", "   indented", "; comment"]),
+    st.sampled_from(
+        [
+            "[app:main]",
+            "[DEFAULT]",
+            "[loggers]",
+            "[handlers]",
+            "[plugin:example]",
+            "[app:main",
+            "[]",
+            "   indented",
+            "; comment",
+        ]
+    ),
     st.builds(lambda k, v: f"{k} = {v}", st.one_of(_KEYS, _TEXT), st.one_of(_VALUES, _TEXT)),
     st.builds(lambda k, v: f"{k}: {v}", _KEYS, _VALUES),
     _TEXT,
@@ -1211,6 +1243,9 @@ _ENVIRON = st.dictionaries(
             "HOST_CELERY_NOPE",
             "HOST_EXTENSIONS_ON_ERROR",
             "HOST_CELERY_TASK_DISABLED",
+            "HOST_ALLOW_ROOT",
+            "HOST_MAX_MESSAGE_BYTES",
+            "HOST_SITE_ID",
         ]
     ),
     st.one_of(_VALUES, _TEXT),
@@ -1232,3 +1267,21 @@ def test_any_text_gives_a_config_or_a_config_error(
     else:
         assert isinstance(config, HostConfig)
         assert config.celery["accept_content"] is not None
+        try:  # and the settings Celery is given are checked the same way
+            configure_app(fresh_app(), config)
+        except HostError as e:
+            assert str(e).strip()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=200), prefix=st.sampled_from([b"", b"[app:main]\n", b"[app:main]\ncelery."]))
+def test_any_bytes_give_a_config_or_a_config_error(tmp_path: Path, body: bytes, prefix: bytes) -> None:
+    ini = tmp_path / "fuzz.ini"
+    ini.write_bytes(prefix + body)
+    try:
+        config = load_config(ini, environ={})
+    except ConfigError as e:
+        assert str(e).strip()
+        assert str(ini) in str(e)  # every error says which file
+    else:
+        assert isinstance(config, HostConfig)

@@ -613,7 +613,13 @@ def test_installed_example_ext(app: HostCelery, tmp_path: Path, fresh_example_ex
     ]
     assert [row for row in found.task_rows() if row["extension"] == "example-ext"] == [
         {"task": name, "extension": "example-ext", "version": version, "module": "example_ext.tasks"}
-        for name in ("example.add", "example.echo", "example.flaky", "example.word_count")
+        for name in (
+            "example.add",
+            "example.echo",
+            "example.flaky",
+            "example.process_info",
+            "example.word_count",
+        )
     ]
     assert app.tasks["example.add"].apply(args=(2, 3)).get() == 5
     assert app.tasks["example.word_count"].apply(args=("one two",)).get() == 2

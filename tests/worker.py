@@ -131,6 +131,8 @@ def host_env(extra: Mapping[str, str] | None = None, pythonpath: Sequence[Path] 
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
     env["PYTHONUNBUFFERED"] = "1"
+    # CI runs as root; workers refuse root unless told (test_supervisor checks the refusal).
+    env["HOST_ALLOW_ROOT"] = "true"
     env.update(extra or {})
     return env
 

@@ -1,6 +1,9 @@
 """The example extension's tasks: the patterns the docs teach."""
 
+import os
+
 from core.celery_app import celery
+from example_ext.plugin import PROCESS_STATE
 
 
 @celery.task(name="example.echo")
@@ -44,3 +47,9 @@ class WordCount(celery.Task):
 
 
 celery.register_task(WordCount())
+
+
+@celery.task(name="example.process_info")
+def process_info():
+    """Which process ran this, and which one ran the plugin's per-process set-up."""
+    return {"pid": os.getpid(), "initialised_in": PROCESS_STATE["initialised_in"]}

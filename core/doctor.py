@@ -1,0 +1,188 @@
+"""``host doctor``: every check that needs no running worker, one line per problem.
+
+The checks run in order, and a check whose input is missing (no valid
+configuration, say) is skipped rather than failing again:
+
+1. the configuration file validates (keys, types, URLs, logging);
+2. every enabled plugin loads, and its options validate;
+3. every task extension loads;
+4. no task name is registered twice;
+5. every periodic entry names a task that exists;
+6. the broker, and the result store where it is Redis or a database, answer
+   within a short timeout.
+
+Problems of kinds 1-5 are configuration problems (exit status 2); a service
+that does not answer is exit status 1. Suitable as a health check for
+supervisor or a container.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from core.errors import ConfigError, ExtensionError, HostError
+
+if TYPE_CHECKING:
+    from core.celery_app import HostCelery
+    from core.config import HostConfig
+
+#: Seconds a service gets to answer.
+TIMEOUT = 3.0
+
+
+@dataclass
+class Check:
+    """One line of the report."""
+
+    what: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+    #: A service that does not answer (exit 1), not a configuration problem (exit 2).
+    service: bool = False
+
+    def line(self) -> str:
+        status = "ok  " if self.ok else "FAIL"
+        text = f"{status} {self.what}: {self.detail}"
+        return text if self.ok or not self.fix else f"{text} -> {self.fix}"
+
+
+def from_error(what: str, error: HostError, service: bool = False) -> Check:
+    """A failed check from an error: its message on one line, its hint as the fix."""
+    return Check(what, False, " ".join(error.message.split()), error.hint, service=service)
+
+
+def exit_status(checks: list[Check]) -> int:
+    failed = [c for c in checks if not c.ok]
+    if not failed:
+        return 0
+    return 1 if all(c.service for c in failed) else 2
+
+
+def run(config_path: str | None, timeout: float = TIMEOUT) -> Iterator[Check]:
+    """Yield each check as it completes."""
+    from core.celery_app import celery, configure_app, load_plugins
+    from core.config import configure_logging, load_config
+    from core.discovery import discover
+
+    try:
+        config = load_config(config_path)
+        configure_logging(config)
+    except HostError as e:
+        yield from_error("config", e)
+        return
+    yield Check("config", True, f"{config.path} is valid")
+    try:
+        pm = load_plugins(config)
+    except ConfigError as e:
+        yield from_error("plugin options", e)
+        return
+    try:
+        app = configure_app(celery, config, pm, strict=False)
+    except HostError as e:
+        yield from_error("config", e)
+        return
+    # The commands plugins add, checked as `host` would load them: a clash is an error.
+    from core.cli import cli, register_plugin_commands
+
+    register_plugin_commands(pm, reserved=set(cli.commands))
+    for plugin_error in pm.errors:
+        yield from_error(f"plugin {plugin_error.plugin}", plugin_error)
+    if not pm.errors:
+        names = ", ".join(p.label for p in pm.active) or "none enabled"
+        yield Check("plugins", True, names)
+    found = discover(app, config, plugin_manager=pm)
+    broken = [e for e in found.errors if not (isinstance(e, ExtensionError) and e.duplicate_task)]
+    duplicates = [e for e in found.errors if isinstance(e, ExtensionError) and e.duplicate_task]
+    for error in broken:
+        yield from_error(f"extension {getattr(error, 'distribution', '?')}", error)
+    if not broken:
+        yield Check(
+            "extensions", True, f"{_count(found.task_names, 'task')} from {_count(found.active, 'source')}"
+        )
+    for error in duplicates:
+        yield from_error(f"task {getattr(error, 'duplicate_task', '?')}", error)
+    if not duplicates:
+        yield Check("task names", True, "no name is registered twice")
+    # Celery's own tasks (celery.backend_cleanup...) are valid beat entries too.
+    yield from _beat_checks(app, set(found.task_names) | set(app.tasks))
+    yield _broker_check(app, config, timeout)
+    backend = _backend_check(app, config, timeout)
+    if backend is not None:
+        yield backend
+
+
+def _beat_checks(app: HostCelery, tasks: set[str]) -> Iterator[Check]:
+    schedule = app.conf.beat_schedule or {}
+    unknown = {name: entry["task"] for name, entry in schedule.items() if entry.get("task") not in tasks}
+    for name, task in unknown.items():
+        yield Check(
+            f"beat entry {name}",
+            False,
+            f"runs task {task!r}, which no installed extension provides",
+            "install or enable the extension that provides it, or correct the entry",
+        )
+    if schedule and not unknown:
+        yield Check("beat schedule", True, f"{_count(schedule, 'entry', 'entries')}, every task exists")
+
+
+def _broker_check(app: HostCelery, config: HostConfig, timeout: float) -> Check:
+    from core.masking import mask_url
+
+    url = mask_url(str(app.conf.broker_url))
+
+    def probe() -> None:
+        with app.connection_for_write(connect_timeout=timeout) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+
+    return _service("broker", url, probe, _fix(config, "broker_url", "start the broker"))
+
+
+def _backend_check(app: HostCelery, config: HostConfig, timeout: float) -> Check | None:
+    from core.masking import mask_url
+
+    url = str(app.conf.result_backend or "")
+    scheme = url.partition("://")[0].partition("+")[0]
+    if scheme in ("redis", "rediss"):
+
+        def probe() -> None:
+            import redis
+
+            client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+            try:
+                client.ping()
+            finally:
+                client.close()
+
+    elif scheme in ("db", "database", "embedded"):
+
+        def probe() -> None:
+            app.backend.get_task_meta("host-doctor-probe")
+
+    else:
+        return None
+    return _service("result store", mask_url(url), probe, _fix(config, "result_backend", "start it"))
+
+
+def _service(what: str, url: str, probe: Callable[[], Any], fix: str) -> Check:
+    started = time.monotonic()
+    try:
+        probe()
+    except Exception as e:
+        cause = " ".join(f"{type(e).__name__}: {e}".split())
+        return Check(what, False, f"{url} does not answer ({cause})", fix, service=True)
+    return Check(what, True, f"{url} answers ({(time.monotonic() - started) * 1000:.0f} ms)")
+
+
+def _fix(config: HostConfig, key: str, action: str) -> str:
+    source = config.sources.get(f"celery.{key}", "default")
+    where = source[len("env ") :] if source.startswith("env ") else f"celery.{key} in {config.path}"
+    return f"{action}, or correct {where}"
+
+
+def _count(items: Any, one: str, many: str | None = None) -> str:
+    n = len(items)
+    return f"{n} {one if n == 1 else many or one + 's'}"
