@@ -364,6 +364,12 @@ def tasks(config_path: str | None, as_json: bool) -> None:
     metavar="S",
     help="With --wait: give up after S seconds.",
 )
+@click.option(
+    "--many",
+    metavar="FILE",
+    help='Send one task per line of FILE (JSON Lines; - for stdin): [arg, ...] or {"args": [...], '
+    '"kwargs": {...}}. Prints the task ids.',
+)
 def send(
     config_path: str | None,
     name: str,
@@ -375,6 +381,7 @@ def send(
     queue: str | None,
     wait: bool,
     timeout: float,
+    many: str | None,
 ) -> None:
     """Send task NAME; each ARG is a JSON value ('"text"', 3, '[1, 2]')."""
     from core import client
@@ -384,6 +391,24 @@ def send(
     when = client.parse_eta(eta)
     if countdown is not None and when is not None:
         raise UsageError("--countdown and --eta both say when to run; give one of them")
+    if many is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("ARG", args),
+                ("--kwargs", kwargs_json),
+                ("--task-id", task_id),
+                ("--wait", wait),
+            )
+            if value
+        ]
+        if given:
+            raise UsageError(
+                f"--many takes the arguments from its file; {given[0]} cannot be given with it",
+                hint='put them in the file, one task per line: {"args": [...], "kwargs": {...}}',
+            )
+        _send_many(config_path, name, many, countdown=countdown, eta=when, queue=queue)
+        return
     host = Host(config_path)
     found = host.discovery
     known = set(found.task_names) | {n for n in host.app.tasks if not n.startswith("celery.")}
@@ -407,6 +432,55 @@ def send(
         click.echo(result.id)
         return
     click.echo(client.outcome(host.app, result.id, wait=True, timeout=timeout).render())
+
+
+def _send_many(config_path: str | None, name: str, path: str, **options: Any) -> None:
+    """``host send NAME --many FILE``: a file is checked whole before anything is sent."""
+    from core import bulk, client
+
+    host = Host(config_path)
+    found = host.discovery
+    known = set(found.task_names) | {n for n in host.app.tasks if not n.startswith("celery.")}
+    client.check_task_name(
+        name, sorted(known), broken=[e.distribution for e in found.errors if isinstance(e, ExtensionError)]
+    )
+    options = {key: value for key, value in options.items() if value is not None}
+    if path == "-":
+        items = bulk.read_jsonl(sys.stdin, "stdin")
+    else:
+        source = _readable(path)
+        try:
+            with source.open(encoding="utf-8") as lines:
+                for _ in bulk.read_jsonl(lines, path):  # every line valid before the first is sent
+                    pass
+        except UnicodeDecodeError as e:
+            raise UsageError(f"--many {path} is not UTF-8 text: {e}", hint="save it as UTF-8") from e
+        items = _lines_of(source, path)
+    try:
+        ids = bulk.send_many(host.app, name, items, **options)
+    except bulk.BulkSendError as e:
+        for task_id in e.sent:
+            click.echo(task_id)
+        raise
+    for task_id in ids:
+        click.echo(task_id)
+    click.echo(f"sent {len(ids)} tasks of {name}", err=True)
+
+
+def _readable(path: str) -> Any:
+    from pathlib import Path
+
+    source = Path(path)
+    if not source.is_file():
+        raise UsageError(f"--many {path}: no such file", hint="give a JSON Lines file, or - for stdin")
+    return source
+
+
+def _lines_of(source: Any, path: str) -> Any:
+    from core import bulk
+
+    with source.open(encoding="utf-8") as lines:
+        yield from bulk.read_jsonl(lines, path)
 
 
 def _site_queue(queue: str | None, config: HostConfig) -> str | None:
