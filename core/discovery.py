@@ -15,6 +15,7 @@ is raised from here, so ``host tasks`` can show every problem at once.
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import re
 import sys
@@ -99,8 +100,57 @@ def normalize(name: str) -> str:
 
 def task_entry_points(group: str = GROUP) -> list[importlib_metadata.EntryPoint]:
     """The installed entry points of ``group``, in a stable order."""
-    eps = importlib_metadata.entry_points(group=group)
-    return sorted(eps, key=lambda ep: (normalize(ep.dist.name if ep.dist else ""), ep.name))
+    return [ep for ep, _ in _installed(group)]
+
+
+def _installed(group: str) -> list[tuple[importlib_metadata.EntryPoint, tuple[str, str]]]:
+    """Each installed entry point of ``group`` with its distribution's name and version, sorted."""
+    found = _identified(importlib_metadata.entry_points(group=group))
+    return sorted(found, key=lambda item: (normalize(item[1][0] if item[0].dist else ""), item[0].name))
+
+
+def _identified(
+    eps: Iterable[importlib_metadata.EntryPoint],
+) -> list[tuple[importlib_metadata.EntryPoint, tuple[str, str]]]:
+    """Each entry point with its distribution's name and version, read once per distribution."""
+    known: dict[int, tuple[str, str]] = {}
+    found = []
+    for ep in eps:
+        dist = ep.dist
+        if id(dist) not in known:
+            known[id(dist)] = _name_and_version(dist)
+        found.append((ep, known[id(dist)]))
+    return found
+
+
+#: A header line of a metadata file, as the email parser reads one.
+_HEADER = re.compile(r"([\041-\071\073-\176]+):[ \t]*(.*)")
+_IDENTITY = ("name", "version")
+
+
+def _name_and_version(dist: importlib_metadata.IDistribution | None) -> tuple[str, str]:
+    """The distribution's ``Name`` and ``Version``, from the headers of its metadata file.
+
+    ``dist.name`` and ``dist.version`` each read and parse the whole file, whose
+    body is often the project's README; with hundreds of extensions that was a
+    large part of discovery. Only the header lines up to these two are read
+    here; anything unusual in them falls back to ``dist.name`` and ``dist.version``.
+    """
+    if dist is None:
+        return "(unknown distribution)", "?"
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO")
+    if text:
+        fields: dict[str, str] = {}
+        for line in text.splitlines():
+            match = _HEADER.fullmatch(line)
+            if match is None:  # the end of the headers, a continuation line or anything odd
+                break
+            key = match.group(1).lower()
+            if key in _IDENTITY and key not in fields:
+                fields[key] = match.group(2)
+                if len(fields) == len(_IDENTITY):
+                    return fields["name"], fields["version"]
+    return dist.name, dist.version
 
 
 def describe(ep: importlib_metadata.EntryPoint) -> str:
@@ -133,17 +183,18 @@ def discover(
     app.finalize()
     extensions = []
     owners: dict[str, Extension] = {}
-    for ep in task_entry_points() if entry_points is None else entry_points:
-        ext = _extension(ep)
+    index = _TaskIndex(app.tasks)
+    for ep, identity in _installed(GROUP) if entry_points is None else _identified(entry_points):
+        ext = _extension(ep, identity)
         extensions.append(ext)
         if normalize(ext.distribution) in disabled:
             ext.disabled = True
             continue
         try:
-            _load(app, _import_entry_point(ep, ext), ext, owners)
+            _load(app, _import_entry_point(ep, ext), ext, owners, index)
         except ExtensionError as e:
             ext.error = e
-            _unload(app, ext)
+            _unload(app, ext, index)
     for plugin in pm.implementing("host_task_imports") if pm is not None else []:
         assert pm is not None
         ext = Extension(
@@ -155,21 +206,25 @@ def discover(
         )
         extensions.append(ext)
         try:
-            _load(app, pm.caller(plugin, "host_task_imports"), ext, owners)
+            _load(app, pm.caller(plugin, "host_task_imports"), ext, owners, index)
         except ExtensionError as e:
             ext.error = e
-            _unload(app, ext)
+            _unload(app, ext, index)
     return Discovery(extensions)
 
 
-def _extension(ep: importlib_metadata.EntryPoint) -> Extension:
-    dist = ep.dist
-    name = dist.name if dist is not None else "(unknown distribution)"
-    version = dist.version if dist is not None else "?"
+def _extension(ep: importlib_metadata.EntryPoint, identity: tuple[str, str]) -> Extension:
+    name, version = identity
     return Extension(name, version, describe(ep))
 
 
-def _load(app: Any, task_imports: Callable[[], Any], ext: Extension, owners: dict[str, Extension]) -> None:
+def _load(
+    app: Any,
+    task_imports: Callable[[], Any],
+    ext: Extension,
+    owners: dict[str, Extension],
+    index: _TaskIndex,
+) -> None:
     modules = _call_task_imports(task_imports, ext)
     # A module another source imported stays that source's (an extension in
     # the middle of moving from the entry point to the plugin hook).
@@ -177,11 +232,52 @@ def _load(app: Any, task_imports: Callable[[], Any], ext: Extension, owners: dic
     for module in ext.modules:
         owners[module] = ext
         _import_task_module(app, module, ext, owners)
-        ext.tasks.update((name, module) for name, task in app.tasks.items() if _defined_in(task, module))
+        ext.tasks.update((name, module) for name in index.defined_in(module))
 
 
 def _defined_in(task: Any, module: str) -> bool:
     return getattr(task, "__module__", None) == module
+
+
+class _TaskIndex:
+    """The app's task names by the module that defined them, kept current as modules are imported.
+
+    Looking through every registered task after each import made discovery
+    quadratic in the number of extensions. The registry is a dict, so tasks a
+    module registers are appended to it; only those are read after an import.
+    """
+
+    def __init__(self, tasks: dict[str, Any]) -> None:
+        self.tasks = tasks
+        self.by_module: dict[str, list[str]] = {}
+        #: How many tasks are indexed, and the name of the newest of them.
+        self.indexed = 0
+        self.last: str | None = None
+        self.update()
+
+    def rebuild(self) -> None:
+        """Index the registry from scratch (after tasks were removed from it)."""
+        self.by_module, self.indexed, self.last = {}, 0, None
+        self.update()
+
+    def update(self) -> None:
+        added = len(self.tasks) - self.indexed
+        # The ``added`` newest entries and the one before them, newest first.
+        newest = list(itertools.islice(reversed(self.tasks.items()), max(added, 0) + 1))
+        before = newest[added][0] if 0 <= added < len(newest) else None
+        if added < 0 or before != self.last:
+            # Not only appended to since the last look (a task was removed): start again.
+            self.rebuild()
+            return
+        for name, task in reversed(newest[:added]):
+            self.by_module.setdefault(getattr(task, "__module__", None) or "", []).append(name)
+        self.indexed = len(self.tasks)
+        self.last = newest[0][0] if newest else None
+
+    def defined_in(self, module: str) -> list[str]:
+        """The names of the tasks defined in ``module``, in the order they were registered."""
+        self.update()
+        return self.by_module.get(module, [])
 
 
 def _import_entry_point(ep: importlib_metadata.EntryPoint, ext: Extension) -> Any:
@@ -329,10 +425,12 @@ def _package_folder(module: str) -> str | None:
     return os.path.dirname(file) + os.sep if os.path.basename(file) == "__init__.py" else file
 
 
-def _unload(app: Any, ext: Extension) -> None:
+def _unload(app: Any, ext: Extension, index: _TaskIndex | None = None) -> None:
     """Leave nothing of a broken extension behind: its tasks and half-imported modules."""
     for module in ext.modules:
         for name in [n for n, t in app.tasks.items() if _defined_in(t, module)]:
             app.tasks.pop(name, None)
         sys.modules.pop(module, None)
     ext.tasks.clear()
+    if index is not None:
+        index.rebuild()
