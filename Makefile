@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= development.ini
 
-.PHONY: run test lint clean
+.PHONY: run test lint bench bench-quick clean
 
 run: $(VENV)/.installed  ## start a worker on development.ini (no server needed)
 	$(BIN)/host celeryd --config $(CONFIG)
@@ -16,6 +16,12 @@ lint: $(VENV)/.installed-lint  ## ruff (lint and format) and mypy
 	$(BIN)/ruff check core plugins example_ext tests bench
 	$(BIN)/ruff format --check core plugins example_ext tests bench
 	$(BIN)/mypy
+
+bench: $(VENV)/.installed-bench  ## the host against plain Celery, kombu and CKAN's discovery; writes bench/RESULTS.md
+	$(BIN)/python -m bench
+
+bench-quick: $(VENV)/.installed-bench  ## every benchmark row with small workloads, in under two minutes
+	$(BIN)/python -m bench --quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +35,10 @@ $(VENV)/.installed: $(BIN)/python setup.py example_ext/setup.py
 
 $(VENV)/.installed-test: $(VENV)/.installed setup.py
 	$(BIN)/python -m pip install -q -e '.[test,redis]'
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed setup.py
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	touch $@
 
 $(VENV)/.installed-lint: $(VENV)/.installed setup.py

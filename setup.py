@@ -26,6 +26,9 @@ setup(
         "redis": ["redis>=5"],
         "flower": ["flower>=2"],
         "test": ["pytest>=8", "hypothesis>=6", "redis>=5", "supervisor>=4.2"],
+        # bench/ compares the host's discovery with stevedore and with pkg_resources
+        # (what CKAN used; setuptools 81 removes it).
+        "bench": ["stevedore>=5", "setuptools<81", "redis>=5"],
         # Pinned to a minor version so a new lint rule cannot turn CI red on its own.
         "lint": ["ruff==0.17.*", "mypy==2.4.*"],
     },

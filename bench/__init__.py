@@ -1,0 +1,5 @@
+"""Benchmarks: the host next to plain Celery, raw kombu and CKAN's discovery, in one run.
+
+``make bench`` (full) and ``make bench-quick`` (under two minutes) run
+``python -m bench``; see bench/README.md.
+"""

@@ -1,0 +1,53 @@
+"""Row 8: a worker's memory, the host's with 300 extensions next to plain Celery's with none.
+
+The workers are row 3's (:func:`bench.row3_boot.boots`: ``-P prefork -c 1``,
+the sides alternating, one set of runs serving both rows): once a worker's
+first task is done -- its pool child ran it -- ``VmRSS`` is read from
+``/proc/PID/status`` for the main process and for the one pool child.
+
+* ``host celeryd`` with 300 synthetic extensions (plus ``bench-tasks``);
+* plain ``celery -A plain_app worker`` with the same Celery settings.
+
+Target: the host's RSS <= plain's + 30 MiB, for the main process and for the
+child. Plain Celery importing the same 300 extensions the bare way is shown
+too: the part of the difference that is the extensions' own code and tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from bench.harness import Comparison, Context
+from bench.row3_boot import EXTENSIONS, FLOOR, PLAIN, boots
+
+ROW = 8
+BUDGET_MIB = 30.0
+
+
+def run(ctx: Context) -> Iterator[Comparison]:
+    measured = boots(ctx)
+    for part, what in (("main_mib", "worker main process RSS"), ("child_mib", "pool child RSS (-c 1)")):
+
+        def mib(label: str, part: str = part) -> list[float]:
+            return [getattr(s, part) for s in measured[label]]
+
+        c = Comparison(
+            row=ROW,
+            measure=what,
+            unit="MiB",
+            host_label=f"host celeryd, {EXTENSIONS} extensions",
+            host=mib("host300"),
+            other_label=PLAIN,
+            other=mib("plain"),
+            target=f"<= plain + {BUDGET_MIB:.0f} MiB",
+        )
+        difference = c.host_median - (c.other_median or 0.0)
+        floor = Comparison(ROW, what, "MiB", FLOOR, mib("floor300"), PLAIN, mib("plain"), "report")
+        floor_difference = floor.host_median - (floor.other_median or 0.0)
+        c.met = difference <= BUDGET_MIB
+        c.note = (
+            f"{difference:+.1f} MiB over plain Celery, read after the first task; plain Celery "
+            f"importing the same {EXTENSIONS} extensions: {floor_difference:+.1f} MiB"
+        )
+        c.extra = {"difference_mib": difference, "floor_difference_mib": floor_difference}
+        yield c
