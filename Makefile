@@ -33,9 +33,10 @@ $(VENV)/.installed: $(BIN)/python setup.py example_ext/setup.py
 	$(BIN)/python -m pip install -q -e . -e ./example_ext
 	touch $@
 
+# The suite runs `make bench-quick` once (tests/test_bench.py): its packages come with the test ones.
 $(VENV)/.installed-test: $(VENV)/.installed setup.py
-	$(BIN)/python -m pip install -q -e '.[test,redis]'
-	touch $@
+	$(BIN)/python -m pip install -q -e '.[test,redis,bench]'
+	touch $@ $(VENV)/.installed-bench
 
 $(VENV)/.installed-bench: $(VENV)/.installed setup.py
 	$(BIN)/python -m pip install -q -e '.[bench]'
