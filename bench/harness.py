@@ -255,12 +255,13 @@ def report(comparisons: Sequence[Comparison], quick: bool, seconds: float) -> st
         "",
     ]
     notes = [f"- row {c.row}, {c.measure}: {c.note}" for c in comparisons if c.note]
-    return (
-        "\n".join(head)
-        + table(comparisons)
-        + "\n"
-        + ("\nNotes:\n\n" + "\n".join(notes) + "\n" if notes else "")
-    )
+    text = "\n".join(head) + table(comparisons) + "\n"
+    if notes:
+        text += "\nNotes:\n\n" + "\n".join(notes) + "\n"
+    findings = BENCH / "FINDINGS.md"  # written by hand: the profiles behind missed targets
+    if not quick and findings.exists():
+        text += "\n" + findings.read_text(encoding="utf-8")
+    return text
 
 
 def which(command: str) -> str | None:
