@@ -89,6 +89,11 @@ class Comparison:
         return statistics.median(self.other) if self.other else None
 
     @property
+    def difference(self) -> float:
+        """host median - compared median, in the unit (for targets such as "plain + 150 ms")."""
+        return self.host_median - (self.other_median or 0.0)
+
+    @property
     def ratio(self) -> float | None:
         other = self.other_median
         return self.host_median / other if other else None

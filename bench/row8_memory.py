@@ -41,9 +41,9 @@ def run(ctx: Context) -> Iterator[Comparison]:
             other=mib("plain"),
             target=f"<= plain + {BUDGET_MIB:.0f} MiB",
         )
-        difference = c.host_median - (c.other_median or 0.0)
+        difference = c.difference
         floor = Comparison(ROW, what, "MiB", FLOOR, mib("floor300"), PLAIN, mib("plain"), "report")
-        floor_difference = floor.host_median - (floor.other_median or 0.0)
+        floor_difference = floor.difference
         c.met = difference <= BUDGET_MIB
         c.note = (
             f"{difference:+.1f} MiB over plain Celery, read after the first task; plain Celery "

@@ -274,7 +274,6 @@ class _Publisher:
         self.declared = False
         self.writes: _Coalesced | None = None
         self.sent_ids: list[str] = []
-        self.done = 0
         self.failed_at = 0
 
     # -- the channel ------------------------------------------------------------------
@@ -331,7 +330,7 @@ class _Publisher:
         """Send one batch; return its task ids once every message is confirmed."""
         from kombu.exceptions import EncodeError
 
-        self.sent_ids, self.done = [], 0
+        self.sent_ids = []
         failures = 0
         index = 0
         while True:
@@ -371,7 +370,6 @@ class _Publisher:
                     index += 1
                     self.declared = True
                     self.sent_ids.append(options["task_id"])
-                    self.done += 1
                 self._await_confirms()
                 return self.sent_ids
             except self.retryable as e:

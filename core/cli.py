@@ -205,6 +205,16 @@ def cli(config_path: str | None) -> None:
     """host-framework: Celery workers and tasks from installed extensions."""
 
 
+def _celery_help(command: str, celery_command: str) -> None:
+    """``host COMMAND -- --help``: Celery's own help, which needs no configuration and no extension."""
+    from celery import Celery
+
+    click.echo(
+        f"host {command} [--config FILE] -- [OPTIONS]: the options are those of `celery {celery_command}`:\n"
+    )
+    sys.exit(Celery("host", set_as_current=False).start([celery_command, "--help"]) or 0)
+
+
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @config_option
 @click.argument("worker_args", nargs=-1, type=click.UNPROCESSED)
@@ -212,11 +222,7 @@ def celeryd(config_path: str | None, worker_args: tuple[str, ...]) -> None:
     """Start a worker. Every other option goes to `celery worker` unchanged
     (`host celeryd -- --help` lists them)."""
     if "--help" in worker_args:
-        # Celery's own help needs no configuration and no extension.
-        from celery import Celery
-
-        click.echo("host celeryd [--config FILE] -- [OPTIONS]: the options are those of `celery worker`:\n")
-        sys.exit(Celery("host", set_as_current=False).start(["worker", "--help"]) or 0)
+        _celery_help("celeryd", "worker")
     host = Host(config_path)
     host.setup_logging()
     host.refuse_root("a worker")
@@ -239,10 +245,7 @@ def celerybeat(config_path: str | None, beat_args: tuple[str, ...]) -> None:
     """Start the periodic-task scheduler (run exactly one). Every other option goes to
     `celery beat` unchanged (`host celerybeat -- --help` lists them)."""
     if "--help" in beat_args:
-        from celery import Celery
-
-        click.echo("host celerybeat [--config FILE] -- [OPTIONS]: the options are those of `celery beat`:\n")
-        sys.exit(Celery("host", set_as_current=False).start(["beat", "--help"]) or 0)
+        _celery_help("celerybeat", "beat")
     host = Host(config_path)
     host.setup_logging()
     host.refuse_root("beat")
@@ -409,12 +412,7 @@ def send(
             )
         _send_many(config_path, name, many, countdown=countdown, eta=when, queue=queue)
         return
-    host = Host(config_path)
-    found = host.discovery
-    known = set(found.task_names) | {n for n in host.app.tasks if not n.startswith("celery.")}
-    client.check_task_name(
-        name, sorted(known), broken=[e.distribution for e in found.errors if isinstance(e, ExtensionError)]
-    )
+    host = _host_with_task(config_path, name)
     if wait:
         client.require_backend(host.app)
     result = client.send(
@@ -436,14 +434,9 @@ def send(
 
 def _send_many(config_path: str | None, name: str, path: str, **options: Any) -> None:
     """``host send NAME --many FILE``: a file is checked whole before anything is sent."""
-    from core import bulk, client
+    from core import bulk
 
-    host = Host(config_path)
-    found = host.discovery
-    known = set(found.task_names) | {n for n in host.app.tasks if not n.startswith("celery.")}
-    client.check_task_name(
-        name, sorted(known), broken=[e.distribution for e in found.errors if isinstance(e, ExtensionError)]
-    )
+    host = _host_with_task(config_path, name)
     options = {key: value for key, value in options.items() if value is not None}
     if path == "-":
         items = bulk.read_jsonl(sys.stdin, "stdin")
@@ -481,6 +474,19 @@ def _lines_of(source: Any, path: str) -> Any:
 
     with source.open(encoding="utf-8") as lines:
         yield from bulk.read_jsonl(lines, path)
+
+
+def _host_with_task(config_path: str | None, name: str) -> Host:
+    """The configured host, once ``name`` is known to be a task its extensions provide."""
+    from core import client
+
+    host = Host(config_path)
+    found = host.discovery
+    known = set(found.task_names) | {n for n in host.app.tasks if not n.startswith("celery.")}
+    client.check_task_name(
+        name, sorted(known), broken=[e.distribution for e in found.errors if isinstance(e, ExtensionError)]
+    )
+    return host
 
 
 def _site_queue(queue: str | None, config: HostConfig) -> str | None:

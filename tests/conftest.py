@@ -124,10 +124,15 @@ def write_ini(path: Path, body: str) -> Path:
 def fresh_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[HostCelery]:
     """A fresh HostCelery that ``from core.celery_app import celery`` returns during the test.
 
-    The same as the ``app`` fixture of test_discovery.py, which explains why
-    this is enough to keep tests apart: task modules bind ``celery`` when
-    imported, and Celery's process-wide "shared task" finalizers are limited
-    to its built-in tasks during the test, then restored.
+    Task modules bind ``celery`` when they are imported, so pointing the module
+    attribute at a fresh app makes every registration land there; the shared
+    app is never touched. ``@celery.task`` also adds a process-wide callback
+    that registers the task on every app finalized later
+    (``celery._state._on_app_finalizers``, "shared" tasks); without cleaning
+    that set, tasks of earlier tests -- and of example_ext, if anything in this
+    process imported it -- would land on this app and collide by name. Only
+    Celery's built-in tasks are kept during the test, and the set is restored
+    afterwards.
     """
     from celery import _state as celery_state
 

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import importlib_metadata
 import pytest
-from celery import _state as celery_state
 
-import core.celery_app
 from core.celery_app import HostCelery, configure_app
 from core.config import load_config
 from core.discovery import Discovery, discover
@@ -39,30 +37,9 @@ HINT_DUPLICATE = (
 
 
 @pytest.fixture
-def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[HostCelery]:
-    """A fresh app that ``from core.celery_app import celery`` returns during the test.
-
-    Task modules bind ``celery`` when they are imported, so pointing the module
-    attribute at a fresh app makes every registration land there; the shared
-    app is never touched. ``@celery.task`` also adds a process-wide callback
-    that registers the task on every app finalized later
-    (``celery._state._on_app_finalizers``, "shared" tasks); without cleaning
-    that set, tasks of earlier tests -- and of example_ext, if anything in this
-    process imported it -- would land on this app and collide by name. Only
-    Celery's built-in tasks are kept during the test, and the set is restored
-    afterwards.
-    """
-    fresh = HostCelery("host", set_as_current=False)
-    monkeypatch.setattr(core.celery_app, "celery", fresh)
-    finalizers = celery_state._on_app_finalizers
-    saved = set(finalizers)
-    finalizers.clear()
-    finalizers.update(cb for cb in saved if cb.__module__ == "celery.app.builtins")
-    try:
-        yield fresh
-    finally:
-        finalizers.clear()
-        finalizers.update(saved)
+def app(fresh_app: HostCelery) -> HostCelery:
+    """A fresh app that ``from core.celery_app import celery`` returns (conftest's ``fresh_app``)."""
+    return fresh_app
 
 
 def config(tmp_path: Path, *lines: str):
