@@ -5,8 +5,10 @@ Configuration flows one way: ini file (plus environment overrides) ->
 file or the environment for settings.
 
 The ini follows PasteDeploy's conventions, as CKAN's did: settings live in
-``[app:main]``; ``%(here)s`` is the folder holding the file. Two namespaces
-are accepted there:
+``[app:main]``; ``%(here)s`` is the folder holding the file; ``[DEFAULT]``
+holds names to interpolate; ``use = config:base.ini`` in ``[app:main]`` builds
+on another file, whose keys the file overrides (:func:`read_chain`). Two
+namespaces are accepted in ``[app:main]``:
 
 ``celery.<setting>``
     Any setting from Celery's own option table (``celery.app.defaults``),
@@ -131,25 +133,46 @@ PLUGIN_ENV_PREFIX = "HOST_PLUGIN_"
 class HostConfig:
     """A validated configuration: where it came from and its typed values."""
 
+    #: The file passed (``--config``), also when its settings come through ``use``.
     path: Path
     celery: dict[str, Any]
     host: dict[str, Any]
-    #: Where each effective value came from: ``"file"``, ``"default"`` or
+    #: Where each effective value came from: ``"file"`` (the file passed),
+    #: ``"file BASE"`` (a file it builds on through ``use``), ``"default"`` or
     #: ``"env NAME"``, keyed like the ini (``celery.broker_url``).
     sources: dict[str, str] = field(default_factory=dict)
-    #: True when the file has ``[loggers]``: logging is configured from it.
+    #: True when a file of the chain has ``[loggers]``: logging is configured from it.
     has_logging: bool = False
+    #: Every file of the chain merged (see :func:`read_chain`).
     parser: configparser.ConfigParser | None = field(default=None, repr=False, compare=False)
     #: ``HOST_PLUGIN_*`` variables, read once with the file; plugin options
     #: are validated against them once the plugins have declared their options.
     plugin_environ: dict[str, str] = field(default_factory=dict, repr=False)
+    #: The files read: ``path``, then the file it uses, then that file's base...
+    files: tuple[Path, ...] = ()
+    #: The file each key was written in, keyed ``(section, key)``.
+    written_in: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False, compare=False)
+    #: The file whose logging sections are in force; None when no file has ``[loggers]``.
+    logging_path: Path | None = None
 
     def plugin_section(self, name: str) -> dict[str, str]:
         """The raw keys of ``[plugin:NAME]``, interpolated; empty when there is none."""
         section = plugin_section_name(name)
         if self.parser is None or not self.parser.has_section(section):
             return {}
-        return section_values(self.parser, self.path, section)
+        return section_values(self.parser, section, self.origin)
+
+    def origin(self, section: str, key: str) -> Path:
+        """The file where ``key`` was written: what an error about it must name."""
+        return self.written_in.get((section, key), self.path)
+
+    def file_source(self, section: str, key: str) -> str:
+        """What ``sources`` says for a key read from the files: ``file`` or ``file BASE``."""
+        return _file_source(self.path, self.origin(section, key))
+
+
+def _file_source(passed: Path, origin: Path) -> str:
+    return "file" if origin == passed else f"file {origin}"
 
 
 def plugin_section_name(name: str) -> str:
@@ -205,24 +228,8 @@ def load_config(
     """
     environ = os.environ if environ is None else environ
     ini = resolve_config_path(path, environ)
-    parser = _read(ini)
-    raw = section_values(parser, ini, APP_SECTION)
-    celery, host, sources = {}, {}, {}
-    for key, value in raw.items():
-        namespace, _, name = key.partition(".")
-        if namespace == "celery":
-            celery[name] = convert_celery(name, value, path=str(ini), key=key)
-        elif namespace == "host":
-            host[name] = convert_host(name, value, path=str(ini), key=key)
-        else:
-            raise ConfigError(
-                "unknown key: settings in this section start with 'celery.' or 'host.'",
-                path=str(ini),
-                section=APP_SECTION,
-                key=key,
-                hint=f"write celery.{key} for a Celery setting, or remove it",
-            )
-        sources[key] = "file"
+    chain = read_chain(ini)
+    celery, host, sources = _read_settings(chain)
     _apply_environment(environ, celery, host, sources)
     for name, value in CELERY_DEFAULTS.items():
         if name not in celery:
@@ -231,13 +238,48 @@ def load_config(
     for name, option in HOST_OPTIONS.items():
         if name not in host:
             host[name], sources[f"host.{name}"] = copy.deepcopy(option.default), "default"
-    _check_serializers(celery, sources, str(ini))
-    has_logging = parser.has_section("loggers")
+    _check_serializers(celery, sources, chain)
+    has_logging = chain.logging_path is not None
     if has_logging and "worker_hijack_root_logger" not in celery:
         celery["worker_hijack_root_logger"] = False
         sources["celery.worker_hijack_root_logger"] = "default"
     plugin_environ = {k: v for k, v in environ.items() if k.startswith(PLUGIN_ENV_PREFIX) and v != ""}
-    return HostConfig(ini, celery, host, sources, has_logging, parser, plugin_environ)
+    return HostConfig(
+        ini,
+        celery,
+        host,
+        sources,
+        has_logging,
+        chain.parser,
+        plugin_environ,
+        files=chain.files,
+        written_in=chain.written_in,
+        logging_path=chain.logging_path,
+    )
+
+
+def _read_settings(chain: IniChain) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """Convert every key of the merged ``[app:main]``; an error names the file it was written in."""
+    celery: dict[str, Any] = {}
+    host: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, value in section_values(chain.parser, APP_SECTION, chain.origin).items():
+        origin = chain.origin(APP_SECTION, key)
+        namespace, _, name = key.partition(".")
+        if namespace == "celery":
+            celery[name] = convert_celery(name, value, path=str(origin), key=key)
+        elif namespace == "host":
+            host[name] = convert_host(name, value, path=str(origin), key=key)
+        else:
+            raise ConfigError(
+                "unknown key: settings in this section start with 'celery.' or 'host.'",
+                path=str(origin),
+                section=APP_SECTION,
+                key=key,
+                hint=f"write celery.{key} for a Celery setting, or remove it",
+            )
+        sources[key] = _file_source(chain.path, origin)
+    return celery, host, sources
 
 
 def plugin_names(
@@ -246,18 +288,32 @@ def plugin_names(
     """``host.plugins`` (or ``$HOST_PLUGINS``) alone, without Celery's option table.
 
     For ``host --help``, which lists plugin commands and must stay fast; every
-    command that runs validates the whole file with :func:`load_config`.
+    command that runs validates the whole file with :func:`load_config`. The
+    key may come from a base file (``use``), so the chain is read all the same.
     """
     environ = os.environ if environ is None else environ
     var = host_env_name("plugins")
     if environ.get(var):
         return convert_host("plugins", environ[var], path=ENVIRONMENT, key=var)
-    ini = resolve_config_path(path, environ)
-    raw = section_values(_read(ini), ini, APP_SECTION)
-    return convert_host("plugins", raw.get("host.plugins", ""), path=str(ini), key="host.plugins")
+    chain = read_chain(resolve_config_path(path, environ))
+    raw = section_values(chain.parser, APP_SECTION, chain.origin)
+    key = "host.plugins"
+    return convert_host("plugins", raw.get(key, ""), path=str(chain.origin(APP_SECTION, key)), key=key)
 
 
 def _read(ini: Path) -> configparser.ConfigParser:
+    """The file passed: a valid ini with an ``[app:main]`` section."""
+    parser = _parse(ini)
+    if not parser.has_section(APP_SECTION):
+        raise ConfigError(
+            f"has no [{APP_SECTION}] section",
+            path=str(ini),
+            hint=f"put the host.* and celery.* settings under a [{APP_SECTION}] header",
+        )
+    return parser
+
+
+def _parse(ini: Path) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(interpolation=configparser.BasicInterpolation())
     try:
         with ini.open(encoding="utf-8") as fh:
@@ -272,12 +328,6 @@ def _read(ini: Path) -> configparser.ConfigParser:
         raise ConfigError(
             f"cannot be read: {e}", path=str(ini), hint="the file must be readable and saved as UTF-8"
         ) from e
-    if not parser.has_section(APP_SECTION):
-        raise ConfigError(
-            f"has no [{APP_SECTION}] section",
-            path=str(ini),
-            hint=f"put the host.* and celery.* settings under a [{APP_SECTION}] header",
-        )
     return parser
 
 
@@ -286,29 +336,45 @@ def interpolation_variables(ini: Path) -> dict[str, str]:
     return {"here": str(ini.parent).replace("%", "%%"), "__file__": str(ini).replace("%", "%%")}
 
 
-def section_values(parser: configparser.ConfigParser, ini: Path, section: str) -> dict[str, str]:
-    """The keys written in ``section``, interpolated with ``%(here)s``."""
-    variables = interpolation_variables(ini)
-    keys = [k for k in parser.options(section) if k not in parser.defaults()]
+_INTERPOLATION_HINT = "use %(here)s for the ini's folder and write a literal % as %%"
+
+
+def section_values(
+    parser: configparser.ConfigParser, section: str, origin: Callable[[str, str], Path]
+) -> dict[str, str]:
+    """The keys written in ``section`` of a merged parser (:func:`read_chain`), interpolated.
+
+    :param origin: ``(section, key)`` -> the file the key was written in, which
+        an error names.
+    """
     values = {}
-    for key in keys:
+    for key in _written_keys(parser, section):
         try:
-            values[key] = parser.get(section, key, vars=variables)
+            values[key] = parser.get(section, key)
         except configparser.Error as e:
             raise ConfigError(
-                f"cannot interpolate the value: {_interpolation_problem(e)}",
-                path=str(ini),
+                f"cannot interpolate the value: {_interpolation_problem(e, parser.defaults())}",
+                path=str(origin(section, key)),
                 section=section,
                 key=key,
-                hint="use %(here)s for the ini's folder and write a literal % as %%",
+                hint=_INTERPOLATION_HINT,
             ) from e
     return values
 
 
-def _interpolation_problem(error: configparser.Error) -> str:
+def _written_keys(parser: configparser.ConfigParser, section: str) -> list[str]:
+    # options() lists the [DEFAULT] names too; like PasteDeploy, a name defined
+    # there is a variable, never a setting of the section.
+    return [k for k in parser.options(section) if k not in parser.defaults()]
+
+
+def _interpolation_problem(error: configparser.Error, defaults: Mapping[str, str]) -> str:
     # configparser's own messages quote the raw value, which may hold a password.
     if isinstance(error, configparser.InterpolationMissingOptionError):
-        return f"%({error.reference})s is not defined (the variables are here and __file__)"
+        names = "here and __file__"
+        if defaults:
+            names = f"here, __file__ and the names in [DEFAULT]: {', '.join(sorted(defaults))}"
+        return f"%({error.reference})s is not defined (the variables are {names})"
     if isinstance(error, configparser.InterpolationDepthError):
         return "the value refers to itself, directly or through other keys"
     return "a % must be followed by (name)s or by another %"
@@ -316,6 +382,166 @@ def _interpolation_problem(error: configparser.Error) -> str:
 
 def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
+
+
+# -- one base file, thin files per environment (use = config:FILE) ----------
+
+#: The ``[app:main]`` key naming the file this one builds on, as in PasteDeploy.
+USE_KEY = "use"
+#: The sections ``logging.config.fileConfig`` reads: taken whole from one file.
+_LOGGING_SECTIONS = ("loggers", "handlers", "formatters")
+_LOGGING_PREFIXES = ("logger_", "handler_", "formatter_")
+#: ``%%`` (left alone) or a reference to ``here``/``__file__``; configparser
+#: lower-cases the names it looks up, so ``%(HERE)s`` is the same variable.
+_FILE_VARIABLE = re.compile(r"%%|%\((here|__file__)\)s", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class IniChain:
+    """The file passed, merged with the files it builds on through ``use = config:FILE``."""
+
+    path: Path
+    #: Every file's sections and ``[DEFAULT]``, a file's keys overriding its base's.
+    parser: configparser.ConfigParser
+    #: ``path``, then the file it uses, then that file's base...
+    files: tuple[Path, ...]
+    #: The file each key was written in, keyed ``(section, key)``.
+    written_in: dict[tuple[str, str], Path]
+    #: The first of ``files`` that has ``[loggers]``: its logging sections are used.
+    logging_path: Path | None
+
+    def origin(self, section: str, key: str) -> Path:
+        return self.written_in.get((section, key), self.path)
+
+
+def read_chain(ini: Path) -> IniChain:
+    """Read ``ini`` and every file it builds on, and merge them.
+
+    PasteDeploy's rules, which CKAN and Pyramid users know: the keys of a
+    file's sections override its base's, key by key, and so do the names of
+    its ``[DEFAULT]``; ``%(here)s`` and ``%(__file__)s`` are those of the file
+    where they are written. Other names are looked up in the merged
+    ``[DEFAULT]``, as CKAN 2.10 does, so that a thin file can move every path
+    of its base by redefining one name. Logging sections are not merged: they
+    come whole from the first file that has ``[loggers]``, since a handler of
+    one file and a logger of another were never tested together.
+    """
+    return _merge(_read_files(ini))
+
+
+def _read_files(ini: Path) -> list[tuple[Path, configparser.ConfigParser]]:
+    """``ini``, then each file named by the last one's ``use``; a cycle is an error."""
+    files = [(ini, _read(ini))]
+    while (base := _base_of(*files[-1])) is not None:
+        seen = [path for path, _ in files]
+        if base in seen:
+            cycle = " -> ".join(str(path) for path in [*seen[seen.index(base) :], base])
+            raise _use_error(
+                files[-1][0],
+                f"the files use each other in a cycle: {cycle}",
+                hint="a base file must not use, directly or through others, a file that uses it",
+            )
+        files.append((base, _read_base(base, files[-1][0])))
+    return files
+
+
+def _base_of(ini: Path, parser: configparser.ConfigParser) -> Path | None:
+    """The file named by ``use = config:FILE`` in ``[app:main]``; None when there is no ``use``."""
+    if USE_KEY not in _written_keys(parser, APP_SECTION):
+        return None
+    try:
+        use = parser.get(APP_SECTION, USE_KEY, vars=interpolation_variables(ini)).strip()
+    except configparser.Error as e:
+        problem = _interpolation_problem(e, parser.defaults())
+        raise _use_error(ini, f"cannot interpolate the value: {problem}", hint=_INTERPOLATION_HINT) from e
+    if not use:  # an empty value means "not set", as everywhere in the file
+        return None
+    scheme, colon, rest = use.partition(":")
+    target, _, name = (part.strip() for part in rest.partition("#"))
+    usage = "write use = config:base.ini, a path relative to the folder of this file"
+    if not colon or scheme.strip().lower() != "config":
+        raise _use_error(
+            ini,
+            f"{mask_text(use)!r} is not a config: URI: only another ini file can be used",
+            hint=f"{usage} (PasteDeploy's egg: and call: make no sense here)",
+        )
+    if name not in ("", "main"):
+        raise _use_error(ini, f"#{name} names [app:{name}]: only [{APP_SECTION}] can be used", hint=usage)
+    if not target:
+        raise _use_error(ini, "config: names no file", hint=usage)
+    return _existing_base(ini, Path(os.path.normpath(ini.parent / target)))
+
+
+def _existing_base(ini: Path, base: Path) -> Path:
+    try:
+        is_dir, is_file = base.is_dir(), base.is_file()
+    except OSError as e:  # is_file() is False only for a missing file; a name too long raises
+        raise _use_error(ini, f"{base} cannot be opened: {e.strerror}", hint="check the path") from e
+    if is_dir:
+        raise _use_error(ini, f"{base} is a folder", hint="name the ini file inside it")
+    if not is_file:
+        raise _use_error(
+            ini,
+            f"{base} does not exist",
+            hint=f"a relative path is taken from the folder of the file that says use ({ini.parent})",
+        )
+    return base.resolve()
+
+
+def _read_base(base: Path, user: Path) -> configparser.ConfigParser:
+    parser = _parse(base)
+    if not parser.has_section(APP_SECTION):
+        raise _use_error(
+            user,
+            f"{base} has no [{APP_SECTION}] section",
+            hint=f"a base file holds its settings under [{APP_SECTION}] too",
+        )
+    return parser
+
+
+def _use_error(ini: Path, message: str, *, hint: str) -> ConfigError:
+    return ConfigError(message, path=str(ini), section=APP_SECTION, key=USE_KEY, hint=hint)
+
+
+def _merge(files: list[tuple[Path, configparser.ConfigParser]]) -> IniChain:
+    logging_path = next((path for path, parser in files if parser.has_section("loggers")), None)
+    merged = configparser.ConfigParser(interpolation=_InterpolateOnRead())
+    written_in: dict[tuple[str, str], Path] = {}
+    for path, parser in reversed(files):  # the bases first: a file overrides what it uses
+        for name, value in parser.defaults().items():
+            merged.set(configparser.DEFAULTSECT, name, _pin_file_variables(value, path))
+        for section in parser.sections():
+            if _is_logging(section) and path != logging_path:
+                continue
+            if not merged.has_section(section):
+                merged.add_section(section)
+            for key in _written_keys(parser, section):
+                if (section, key) != (APP_SECTION, USE_KEY):
+                    merged.set(section, key, _pin_file_variables(parser.get(section, key, raw=True), path))
+                    written_in[section, key] = path
+    return IniChain(files[0][0], merged, tuple(path for path, _ in files), written_in, logging_path)
+
+
+def _is_logging(section: str) -> bool:
+    return section in _LOGGING_SECTIONS or section.startswith(_LOGGING_PREFIXES)
+
+
+def _pin_file_variables(value: str, ini: Path) -> str:
+    """``value`` with ``%(here)s`` and ``%(__file__)s`` replaced by ``ini``'s own, escaped.
+
+    Merged, a value no longer knows its file; PasteDeploy gives each key the
+    ``here`` of the file it was written in, so it is fixed before merging.
+    """
+    variables = interpolation_variables(ini)
+    return _FILE_VARIABLE.sub(lambda m: variables[m[1].lower()] if m[1] else m[0], value)
+
+
+class _InterpolateOnRead(configparser.BasicInterpolation):
+    """Check a value's ``%`` syntax when it is read, not when it is merged in,
+    where an error could not yet name the key (:func:`section_values` does)."""
+
+    def before_set(self, parser: Any, section: str, option: str, value: str) -> str:
+        return value
 
 
 # -- conversion -----------------------------------------------------------
@@ -427,7 +653,7 @@ _SERIALIZER_CHECKS = (
 )
 
 
-def _check_serializers(celery: dict[str, Any], sources: dict[str, str], path: str) -> None:
+def _check_serializers(celery: dict[str, Any], sources: dict[str, str], chain: IniChain) -> None:
     """A serializer its readers would refuse is a configuration error, not lost tasks."""
     for name, accept_key, consequence in _SERIALIZER_CHECKS:
         if celery.get(accept_key) is None:
@@ -435,10 +661,13 @@ def _check_serializers(celery: dict[str, Any], sources: dict[str, str], path: st
         accepted = set(celery.get(accept_key) or [])
         serializer = celery.get(name)
         if serializer and serializer not in accepted and _mime(serializer) not in accepted:
+            key = f"celery.{name}"
+            # The file that set the serializer: a base file's, if it came through use.
+            written = sources.get(key, "").startswith("file")
             raise ConfigError(
                 f"celery.{name} = {serializer} is not in celery.{accept_key} "
                 f"({', '.join(sorted(accepted)) or 'empty'}); {consequence}",
-                path=path,
+                path=str(chain.origin(APP_SECTION, key) if written else chain.path),
                 section=APP_SECTION,
                 hint=f"accepting {serializer} must be explicit: add it to celery.{accept_key}",
             )
@@ -459,27 +688,35 @@ def _mime(serializer: str) -> str:
 def configure_logging(config: HostConfig) -> None:
     """``[loggers]``/``[handlers]``/``[formatters]`` in the ini configure logging.
 
-    The worker then leaves the root logger alone (``worker_hijack_root_logger``
-    is off whenever the file has ``[loggers]``).
+    They come whole from one file, :attr:`HostConfig.logging_path`: the file
+    passed if it has ``[loggers]``, else the nearest base file that has. The
+    worker then leaves the root logger alone (``worker_hijack_root_logger``
+    is off whenever logging comes from a file).
     """
     if not config.has_logging:
         return
     import logging.config
 
+    where = str(config.logging_path or config.path)
     try:
-        logging.config.fileConfig(
-            config.path, defaults=interpolation_variables(config.path), disable_existing_loggers=False
-        )
+        if config.parser is not None:
+            # The merged parser holds that file's logging sections, %(here)s
+            # already its folder, and the chain's [DEFAULT] names.
+            logging.config.fileConfig(config.parser, disable_existing_loggers=False)
+        else:
+            logging.config.fileConfig(
+                config.path, defaults=interpolation_variables(config.path), disable_existing_loggers=False
+            )
     except KeyError as e:
         raise ConfigError(
             f"the logging sections are incomplete: nothing defines {e.args[0]!r}",
-            path=str(config.path),
+            path=where,
             hint="[loggers], [handlers] and [formatters] each need a keys = line, and every name "
             "listed there its own [logger_NAME], [handler_NAME] or [formatter_NAME] section",
         ) from e
     except Exception as e:
         raise ConfigError(
             f"the logging sections are invalid: {type(e).__name__}: {mask_text(_one_line(e))}",
-            path=str(config.path),
+            path=where,
             hint="see https://docs.python.org/3/library/logging.config.html#configuration-file-format",
         ) from e
