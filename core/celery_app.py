@@ -62,6 +62,11 @@ class HostCelery(Celery):
         assert self.host_config is not None
         return self.host_config
 
+    def _get_backend(self) -> Any:
+        from core.result_store import guard
+
+        return guard(super()._get_backend())
+
     def _warn_if_duplicate_task_name(self, task: Any, fun: Any, name: str) -> None:
         # Celery skips the check when the registered task is class-based (it
         # has no decorated function to compare), silently dropping ``fun``.

@@ -220,7 +220,13 @@ def _celery_help(command: str, celery_command: str) -> None:
 @click.argument("worker_args", nargs=-1, type=click.UNPROCESSED)
 def celeryd(config_path: str | None, worker_args: tuple[str, ...]) -> None:
     """Start a worker. Every other option goes to `celery worker` unchanged
-    (`host celeryd -- --help` lists them)."""
+    (`host celeryd -- --help` lists them).
+
+    Exit status: 0 after a requested shutdown (SIGTERM, SIGINT, `control
+    shutdown`), 1 when the worker stops on an error, 2 on a configuration problem.
+    """
+    from core.runner import run_celery
+
     if "--help" in worker_args:
         _celery_help("celeryd", "worker")
     host = Host(config_path)
@@ -234,8 +240,7 @@ def celeryd(config_path: str | None, worker_args: tuple[str, ...]) -> None:
     argv = ["worker", *site_queues(worker_args, host.config)]
     if not any(_is_loglevel(arg) for arg in worker_args):
         argv.append("--loglevel=INFO")
-    # app.worker_main() drops the worker's exit status; app.start() returns it.
-    sys.exit(app.start(argv) or 0)
+    sys.exit(run_celery(app, argv))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -243,7 +248,13 @@ def celeryd(config_path: str | None, worker_args: tuple[str, ...]) -> None:
 @click.argument("beat_args", nargs=-1, type=click.UNPROCESSED)
 def celerybeat(config_path: str | None, beat_args: tuple[str, ...]) -> None:
     """Start the periodic-task scheduler (run exactly one). Every other option goes to
-    `celery beat` unchanged (`host celerybeat -- --help` lists them)."""
+    `celery beat` unchanged (`host celerybeat -- --help` lists them).
+
+    Exit status: 0 after SIGTERM or SIGINT, 1 when beat stops on an error, 2 on a
+    configuration problem.
+    """
+    from core.runner import run_celery
+
     if "--help" in beat_args:
         _celery_help("celerybeat", "beat")
     host = Host(config_path)
@@ -263,7 +274,7 @@ def celerybeat(config_path: str | None, beat_args: tuple[str, ...]) -> None:
     argv = ["beat", *beat_args]
     if not any(_is_loglevel(arg) for arg in beat_args):
         argv.append("--loglevel=INFO")
-    sys.exit(app.start(argv) or 0)
+    sys.exit(run_celery(app, argv))
 
 
 def _schedule_folder(filename: str, config: HostConfig) -> None:
@@ -515,7 +526,11 @@ def result(config_path: str | None, task_id: str, wait: bool, timeout: float) ->
     found = client.outcome(host.app, task_id, wait=wait, timeout=timeout)
     label = f" ({found.name})" if found.name else ""
     if found.state == "PENDING":
-        click.echo(f"PENDING{label}: not started yet, or an unknown task id")
+        click.echo(
+            f"PENDING{label}: the result store knows nothing of it: not started yet, an unknown task id, "
+            "or a result the store could not take when the task finished (its worker then logged "
+            f"'could not store the ... result of task ...[{task_id}]')"
+        )
     elif found.state == "SUCCESS":
         click.echo(f"SUCCESS{label}")
         click.echo(found.render())
@@ -557,10 +572,13 @@ def config_show(config_path: str | None, as_json: bool) -> None:
             )
         )
         return
+    from core.settings import meaning
+
     click.echo(f"# {config.path}")
     for key, value in masked.items():
         shown = value if isinstance(value, str) else json.dumps(value, default=str)
-        click.echo(f"{key} = {shown}    # {sources.get(key, 'default')}")
+        note = "; ".join(filter(None, [sources.get(key, "default"), meaning(key, value)]))
+        click.echo(f"{key} = {shown}    # {note}")
 
 
 @cli.command()

@@ -139,10 +139,10 @@ def send(
 ) -> Any:
     """Send one task by name; ``options`` are ``apply_async`` options (task_id, eta, queue...).
 
-    With ``wait=False`` the result store is not told to expect a reply: a Redis
-    store would subscribe to the result, and an unreachable one would hold the
-    send up for Celery's ~20 s of reconnecting. The worker stores the result
-    all the same, for ``host result`` to read.
+    With ``wait=False`` the result store is not told to expect a reply (an
+    ``rpc://`` store would start listening for it). The worker stores the
+    result all the same, for ``host result`` to read. A store that keeps
+    results never delays a send (core/result_store.py).
     """
     from celery import _state
     from kombu.exceptions import EncodeError, OperationalError

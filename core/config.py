@@ -64,6 +64,16 @@ CELERY_DEFAULTS: dict[str, Any] = {
     # Keep retrying the broker at start-up, as Celery 5 does, without its
     # deprecation warning (celery#7904).
     "broker_connection_retry_on_startup": True,
+    # ...and for as long as it takes: None is "no limit". Celery's default, 100
+    # attempts, ends every worker of a long outage; 0 ends them at the first
+    # failed attempt (kombu's retry_over_time; celery#8626).
+    "broker_connection_max_retries": None,
+    # A result the store cannot take right now is retried, with backoff, for
+    # about a minute (20 attempts, at most 10 s apart) before it is given up
+    # and logged (core/result_store.py); without this, the first failed
+    # attempt loses it.
+    "result_backend_always_retry": True,
+    "result_backend_max_retries": 20,
 }
 
 

@@ -16,6 +16,14 @@ waiting forever. Rejected, not acknowledged: a RabbitMQ policy with a
 ``dead-letter-exchange`` keeps them for inspection. The worker goes on with
 the next message.
 
+It also waits out a broker outage, at start and while running, for as long
+as ``celery.broker_connection_max_retries`` allows (the host's default: no
+limit), trying again at most ``interval_max`` seconds apart (5 s unless
+``celery.broker_transport_options`` says otherwise, the key kombu's own
+fail-over uses). The outage is logged once at WARNING with the broker's URL,
+password masked, and the recovery once at INFO, instead of Celery's ERROR line
+for every attempt.
+
 Installed as Celery's ``worker_consumer`` unless the ini names another.
 """
 
@@ -23,15 +31,19 @@ from __future__ import annotations
 
 import difflib
 import logging
+import time
 from typing import Any
 
 from celery.exceptions import NotRegistered
 from celery.worker.consumer import Consumer
+from celery.worker.state import maybe_shutdown
+
+from core.masking import mask_url
 
 logger = logging.getLogger("host.consumer")
 
-#: Dotted path for ``worker_consumer``.
-PATH = "core.consumer:HostConsumer"
+#: Seconds between reconnection attempts: the first, the step added each time, the longest.
+RECONNECT_INTERVALS = {"interval_start": 1.0, "interval_step": 1.0, "interval_max": 5.0}
 
 
 class RejectedMessage(Exception):
@@ -51,6 +63,67 @@ class ContentNotAccepted(RejectedMessage):
 
 
 class HostConsumer(Consumer):  # type: ignore[misc]
+    #: When the broker stopped answering (monotonic clock), while it does not.
+    _outage_since: float | None = None
+    first_connection_attempt: bool  # Celery's own, set in Consumer.__init__
+
+    def ensure_connected(self, conn: Any) -> Any:
+        """Connect, retrying for as long as the settings allow; log the outage once.
+
+        Celery's own version logs each failed attempt at ERROR and waits up to
+        30 s between attempts (kombu's default). Whether to retry at all is
+        decided as Celery decides it.
+        """
+        conf = self.app.conf
+        on_startup = conf.broker_connection_retry_on_startup
+        use_startup = self.first_connection_attempt and on_startup is not None
+        if not (on_startup if use_startup else conf.broker_connection_retry):
+            return super().ensure_connected(conn)
+        options = conf.broker_transport_options or {}
+        intervals = {key: options.get(key, default) for key, default in RECONNECT_INTERVALS.items()}
+        limit = conf.broker_connection_max_retries
+        url = mask_url(conn.as_uri())
+
+        failed = 0
+
+        def unreachable(exc: Exception, interval: float) -> None:
+            nonlocal failed
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+            failed += 1
+            if failed == 1:
+                how_long = "for as long as it takes" if limit is None else f"{limit} times at most"
+                logger.warning(
+                    "the broker at %s does not answer (%s); trying again every %g s or sooner, %s; "
+                    "tasks wait on the broker meanwhile",
+                    url,
+                    _one_line(exc),
+                    intervals["interval_max"],
+                    how_long,
+                )
+
+        try:
+            conn = conn.ensure_connection(unreachable, limit, callback=maybe_shutdown, **intervals)
+        except Exception as e:  # kombu re-raises the last attempt's error as its OperationalError
+            logger.error(
+                "giving up on the broker at %s after %s attempts (celery.broker_connection_max_retries): %s",
+                url,
+                limit,
+                _one_line(e),
+            )
+            raise
+        self.first_connection_attempt = False
+        if self._outage_since is not None:
+            down = time.monotonic() - self._outage_since
+            logger.info("the broker at %s answers again after %.0f s; consuming", url, down)
+            self._outage_since = None
+        return conn
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+        super().on_connection_error_after_connected(exc)
+
     def create_task_handler(self, promise: Any = None) -> Any:
         handle = super().create_task_handler() if promise is None else super().create_task_handler(promise)
         config = getattr(self.app, "host_config", None)
@@ -135,3 +208,7 @@ class HostConsumer(Consumer):  # type: ignore[misc]
             self.app.backend.mark_as_failure(task_id, error, request=request, call_errbacks=False)
         except Exception as e:  # the store being down must not stop the consumer
             logger.warning("could not record the rejection of %s in the result store: %s", task_id, e)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())

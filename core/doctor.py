@@ -9,7 +9,9 @@ configuration, say) is skipped rather than failing again:
 4. no task name is registered twice;
 5. every periodic entry names a task that exists;
 6. the broker, and the result store where it is Redis or a database, answer
-   within a short timeout.
+   within a short timeout;
+7. (a warning, not a failure) no setting would end the workers on a broker
+   outage instead of waiting it out.
 
 Problems of kinds 1-5 are configuration problems (exit status 2); a service
 that does not answer is exit status 1. Suitable as a health check for
@@ -43,11 +45,13 @@ class Check:
     fix: str | None = None
     #: A service that does not answer (exit 1), not a configuration problem (exit 2).
     service: bool = False
+    #: Valid, but likely not what was meant: shown with its fix, exit status unchanged.
+    warning: bool = False
 
     def line(self) -> str:
-        status = "ok  " if self.ok else "FAIL"
+        status = "warn" if self.warning else "ok  " if self.ok else "FAIL"
         text = f"{status} {self.what}: {self.detail}"
-        return text if self.ok or not self.fix else f"{text} -> {self.fix}"
+        return text if self.ok and not self.warning or not self.fix else f"{text} -> {self.fix}"
 
 
 def from_error(what: str, error: HostError, service: bool = False) -> Check:
@@ -109,6 +113,7 @@ def run(config_path: str | None, timeout: float = TIMEOUT) -> Iterator[Check]:
         yield Check("task names", True, "no name is registered twice")
     # Celery's own tasks (celery.backend_cleanup...) are valid beat entries too.
     yield from _beat_checks(app, set(found.task_names) | set(app.tasks))
+    yield from _outage_checks(app)
     yield _broker_check(app, config, timeout)
     backend = _backend_check(app, config, timeout)
     if backend is not None:
@@ -127,6 +132,45 @@ def _beat_checks(app: HostCelery, tasks: set[str]) -> Iterator[Check]:
         )
     if schedule and not unknown:
         yield Check("beat schedule", True, f"{_count(schedule, 'entry', 'entries')}, every task exists")
+
+
+def _outage_checks(app: HostCelery) -> Iterator[Check]:
+    """Settings with which a broker outage would end the workers instead of being waited out."""
+    conf = app.conf
+    fix = "leave it empty: workers then retry for as long as it takes"
+    limit = conf.broker_connection_max_retries
+    if limit is not None:
+        if limit == 0:
+            effect = "workers stop at the first failed attempt: a broker restart ends every worker"
+        else:
+            effect = (
+                f"workers stop after {limit} failed attempts to reach the broker, about "
+                f"{reconnect_seconds(conf, limit):.0f} s: a longer outage ends every worker"
+            )
+        yield Check(
+            "broker outage",
+            True,
+            f"celery.broker_connection_max_retries = {limit}: {effect}",
+            fix,
+            warning=True,
+        )
+    for key, effect in (
+        ("broker_connection_retry", "a worker that loses the broker stops instead of reconnecting"),
+        ("broker_connection_retry_on_startup", "a worker started while the broker is down stops at once"),
+    ):
+        if conf.get(key) is False:
+            yield Check(
+                "broker outage", True, f"celery.{key} = false: {effect}", "remove the setting", warning=True
+            )
+
+
+def reconnect_seconds(conf: Any, attempts: int) -> float:
+    """How long a worker keeps trying the broker over ``attempts`` attempts (the waits between them)."""
+    from core.consumer import RECONNECT_INTERVALS
+
+    options = {**RECONNECT_INTERVALS, **(conf.broker_transport_options or {})}
+    start, step, longest = (float(options[k]) for k in ("interval_start", "interval_step", "interval_max"))
+    return sum(min(start + i * step, longest) for i in range(attempts))
 
 
 def _broker_check(app: HostCelery, config: HostConfig, timeout: float) -> Check:

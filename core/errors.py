@@ -4,27 +4,38 @@ Every problem the framework can diagnose is a :class:`HostError`. Each
 subclass carries the offending object as attributes (file, section and key;
 distribution, entry point and module) so callers can act on it, and a
 message written for the person who has to fix it: what is wrong, where, and
-what to do. ``core.cli`` is the only place that turns these into exit codes.
+what to do.
+
+Each is a :class:`click.ClickException` carrying its own exit status, so that
+any click program that meets one -- ``host``, and Celery's own ``celery -A
+core.celery_app ...`` when the app cannot be configured -- prints ``Error:``
+and the message instead of a traceback, and exits 2 for a configuration
+problem (Flask's ``NoAppException`` is a ``click.UsageError`` for the same
+reason).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import click
 
-class HostError(Exception):
+
+class HostError(click.ClickException):
     """Base class: a problem the user can fix, reported without a traceback."""
 
     #: Exit status the CLI uses; 2 means "the configuration is wrong".
     exit_code = 2
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message)  # sets self.message
         self.hint = hint
 
     def __str__(self) -> str:
         return f"{self.message}\n  -> {self.hint}" if self.hint else self.message
+
+    def format_message(self) -> str:
+        return str(self)
 
 
 class ConfigError(HostError):

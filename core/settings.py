@@ -51,6 +51,23 @@ HOST_DEFAULTS = {
 }
 
 
+def meaning(key: str, value: Any) -> str | None:
+    """What a value means where the number alone misleads (``host config show`` prints it).
+
+    ``broker_connection_max_retries`` is the one that ended workers: empty is
+    "no limit", and 0 is "give up at once", not "keep retrying".
+    """
+    if key == "celery.broker_connection_max_retries":
+        if value is None:
+            return "workers retry the broker for as long as it takes"
+        if value == 0:
+            return "workers stop at the first failed attempt to reach the broker"
+        return f"workers stop after {value} failed attempts to reach the broker"
+    if key == "celery.result_backend_max_retries" and isinstance(value, (int, float)):
+        return f"a result the store cannot take is retried {value:g} times, then logged and dropped"
+    return None
+
+
 def celery_settings(
     config: HostConfig, pm: HostPluginManager | None
 ) -> tuple[dict[str, Any], dict[str, str]]:

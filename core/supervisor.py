@@ -12,9 +12,19 @@ Every setting that matters for Celery is written with the reason for it:
 ``stopwaitsecs``
     at least the longest hard time limit the ini gives a task, so that a
     warm shutdown is never cut short by a SIGKILL while a task may still run.
+``autorestart=unexpected``, ``exitcodes=0``
+    ``host celeryd`` exits 0 only on a requested stop, which is left alone,
+    and 1 when it stopped on an error, which is restarted. A broker outage
+    does not end it (it reconnects for as long as it takes), so a long
+    outage leaves every program RUNNING rather than FATAL.
 ``startsecs``
     a configuration error ends ``host celeryd`` with exit status 2 within a
-    few seconds; exiting inside ``startsecs`` makes supervisor count a failed
+    few seconds; exiting inside ``autorestart=unexpected``, ``exitcodes=0``
+    ``host celeryd`` exits 0 only on a requested stop, which is left alone,
+    and 1 when it stopped on an error, which is restarted. A broker outage
+    does not end it (it reconnects for as long as it takes), so a long
+    outage leaves every program RUNNING rather than FATAL.
+``startsecs`` makes supervisor count a failed
     start, and after ``startretries`` mark the program FATAL instead of
     restarting it forever.
 ``user``
@@ -174,7 +184,10 @@ def _common(d: Deployment, program: str, log_name: str) -> list[str]:
         "stdout_logfile_maxbytes = 50MB",
         "stdout_logfile_backups = 10",
         "autostart = true",
-        "autorestart = true",
+        "autorestart = unexpected",
+        "exitcodes = 0",
+        "; 0 is a requested stop (SIGTERM, SIGINT, `control shutdown`), and stays stopped; anything else",
+        "; (1: stopped on an error) restarts. A broker outage ends nothing: the worker waits it out",
         f"startsecs = {STARTSECS}",
         "; a configuration error exits (status 2) within a few seconds: inside startsecs it counts as a",
         "; failed start, and after startretries supervisor marks the program FATAL instead of looping",

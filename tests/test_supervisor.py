@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +51,6 @@ celery.worker_prefetch_multiplier = 1
 celery.worker_concurrency = 2
 celery.broker_transport_options = {{"confirm_publish": true}}
 celery.task_default_delivery_mode = persistent
-celery.broker_connection_max_retries = 0
 celery.task_time_limit = 40
 celery.beat_schedule_filename = %(here)s/data/celerybeat-schedule
 celery.worker_redirect_stdouts_level = INFO
@@ -248,11 +247,22 @@ def programs_for_test(rendered: str, env: dict[str, str]) -> str:
 
 
 @contextmanager
-def deployed(tmp_path: Path, *render_args: str, ini_text: str = INI) -> Iterator[Deployed]:
-    """Render the programs for a site of this test's own, and run them under supervisord."""
+def deployed(
+    tmp_path: Path,
+    *render_args: str,
+    ini_text: str = INI,
+    broker: str = RABBITMQ_URL,
+    ini_for: Callable[[str], str] | None = None,
+) -> Iterator[Deployed]:
+    """Render the programs for a site of this test's own, and run them under supervisord.
+
+    The ini is ``ini_text`` formatted with ``broker``, ``results`` and ``site``,
+    or what ``ini_for(site_id)`` returns.
+    """
     site_id = f"t{uuid.uuid4().hex[:10]}"
     run = f"faults:{site_id}"
-    ini = write_ini(tmp_path, ini_text.format(broker=RABBITMQ_URL, results=REDIS_URL, site=site_id))
+    text = ini_for(site_id) if ini_for else ini_text.format(broker=broker, results=REDIS_URL, site=site_id)
+    ini = write_ini(tmp_path, text)
     site = install_faults(tmp_path)
     env = host_env(pythonpath=[site.path, TESTS])
     logs = tmp_path / "logs"
@@ -271,14 +281,14 @@ def deployed(tmp_path: Path, *render_args: str, ini_text: str = INI) -> Iterator
     finally:
         client.delete(f"{run}:started", f"{run}:done")
         client.close()
-        delete_site(site_id)
+        delete_site(site_id, broker)
 
 
-def delete_site(site_id: str) -> None:
+def delete_site(site_id: str, broker: str = RABBITMQ_URL) -> None:
     from kombu import Connection
 
     prefix = f"host:{site_id}:"
-    with Connection(RABBITMQ_URL, connect_timeout=10) as connection:
+    with Connection(broker, connect_timeout=10) as connection:
         channel = connection.default_channel
         channel.queue_delete(prefix + "celery")
         for exchange in ("celery", "celery.pidbox", "celeryev", "reply.celery.pidbox"):
