@@ -12,10 +12,11 @@ run: $(VENV)/.installed  ## start a worker on development.ini (no server needed)
 test: $(VENV)/.installed-test  ## install what the tests need and run the whole suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed-lint  ## ruff (lint and format) and mypy
+lint: $(VENV)/.installed-lint  ## ruff (lint and format), mypy, and the layers (import-linter)
 	$(BIN)/ruff check core plugins example_ext tests bench
 	$(BIN)/ruff format --check core plugins example_ext tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 bench: $(VENV)/.installed-bench  ## the host against plain Celery, kombu and CKAN's discovery; writes bench/RESULTS.md
 	$(BIN)/python -m bench

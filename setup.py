@@ -30,7 +30,9 @@ setup(
         # (what CKAN used; setuptools 81 removes it).
         "bench": ["stevedore>=5", "setuptools<81", "redis>=5"],
         # Pinned to a minor version so a new lint rule cannot turn CI red on its own.
-        "lint": ["ruff==0.17.*", "mypy==2.4.*"],
+        # import-linter checks that the layers import only downward (docs/architecture.md):
+        # the well-kept tool for it, with layers, forbidden and acyclic contracts.
+        "lint": ["ruff==0.17.*", "mypy==2.4.*", "import-linter==2.17.*"],
     },
     entry_points={"console_scripts": ["host = core.cli:main"]},
 )

@@ -34,9 +34,9 @@ def settings_for(ini: str) -> dict:
     The host's own worker_consumer (which guards message size) is the one
     setting left out: it is part of what the host costs.
     """
-    from core.celery_app import load_plugins
     from core.config import load_config
     from core.settings import celery_settings
+    from core.startup import load_plugins
 
     config = load_config(ini, environ={})
     settings, _ = celery_settings(config, load_plugins(config))

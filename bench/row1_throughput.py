@@ -39,19 +39,17 @@ and 1.06. Give ``--runs 9`` or more to resolve a 3% difference. The CPU time
 per task of each side's processes (in the notes) moves less with the load
 of the machine than the rate does.
 
-``-P solo`` gets two more settings, on both sides: ``broker_heartbeat = 2``
-and ``broker_heartbeat_checkrate = 200``, i.e. a heartbeat check every 10 ms
-in the worker's event loop. Without them a solo worker stalls for up to 10 s
-at a time with messages waiting, plain Celery as much as the host: kombu
-5.7's ``Hub.call_soon`` does not wake the poller when called from the loop's
-own thread, and ``Hub.create_loop`` polls (as long as 10 s when no timer is
-due) without looking again at callbacks queued while it ran the ready ones.
-A solo worker runs each task inside such a callback (the transport's
-``_read``), and Celery 5.7 queues the task's acknowledgement with
-``call_soon`` (``Consumer.call_soon_ack``), so the broker, its prefetch
-window full, sends nothing until the poll times out. The 10 ms tick bounds
-each stall to 10 ms. The prefork pool does not need it: its pool's pipes
-wake the loop all the time.
+``-P solo`` on RabbitMQ used to stall for up to 10 s at a time with messages
+waiting, plain Celery as much as the host (Celery/kombu 5.7 and 5.6 alike):
+a solo worker runs each task inside the transport's read callback, which
+kombu's ``Hub.create_loop`` may run from its ready set, and the task's
+acknowledgement, queued with ``Hub.call_soon`` from the loop's own thread,
+then waits behind the next poll; the broker, its prefetch window full,
+sends nothing to end it. The host acks when the task ends on the solo pool
+(``core/solo_ack.py``, a consumer bootstep every ``HostCelery`` has); the
+plain side runs the same step (``bench/solo_fixed_app.py``), so that the row
+compares the frameworks, not the stall. ``python -m bench.solo_stall``
+measures the stall itself (bench/FINDINGS.md).
 
 Rows 2 and 7 use :class:`Worker`, :func:`running`, :class:`Broker` and
 :func:`retrying` from here.
@@ -91,10 +89,8 @@ TARGET = 0.97
 TASK = "bench.noop"
 #: Flags both sides get, besides the pool's and the node name.
 COMMON_FLAGS = ["--without-mingle", "--without-gossip", "--without-heartbeat", "--loglevel=INFO"]
-#: The 10 ms event-loop tick a solo worker needs on Celery 5.7 (see the module's docstring).
-SOLO_TICK = "celery.broker_heartbeat = 2\ncelery.broker_heartbeat_checkrate = 200\n"
 #: pool -> (its flags, the lines it adds to :data:`INI`).
-POOLS = {"prefork": (["-P", "prefork", "-c", "2"], ""), "solo": (["-P", "solo"], SOLO_TICK)}
+POOLS = {"prefork": (["-P", "prefork", "-c", "2"], ""), "solo": (["-P", "solo"], "")}
 #: Seconds between two looks at the queue.
 POLL = 0.002
 #: Seconds before a worker that has not started consuming a new queue gets a wake-up ping.
@@ -136,8 +132,8 @@ def host_command(ini: Path, flags: Sequence[str]) -> list[str]:
     return [HOST, "celeryd", "--config", str(ini), "--", *flags]
 
 
-def plain_command(flags: Sequence[str]) -> list[str]:
-    return [CELERY, "-A", "plain_app", "worker", *flags]
+def plain_command(flags: Sequence[str], app: str = "plain_app") -> list[str]:
+    return [CELERY, "-A", app, "worker", *flags]
 
 
 def host_env(site: Path) -> dict[str, str]:
@@ -421,7 +417,14 @@ def measure_pool(ctx: Context, broker: Broker, folder: Path, site: Path, pool: s
     nodes = {"host": node_name("host"), "plain": node_name("plain")}
     commands = {
         "host": (host_command(ini, [*pool_flags, *COMMON_FLAGS, "-n", nodes["host"]]), host_env(site)),
-        "plain": (plain_command([*pool_flags, *COMMON_FLAGS, "-n", nodes["plain"]]), plain_env(ini)),
+        "plain": (
+            plain_command(
+                [*pool_flags, *COMMON_FLAGS, "-n", nodes["plain"]],
+                # the host's SoloAck step on plain_app (bench/solo_fixed_app.py)
+                "solo_fixed_app" if pool == "solo" else "plain_app",
+            ),
+            plain_env(ini),
+        ),
     }
     workers = {
         label: Worker(label, command, env, folder / f"{pool}-{label}.log", nodes[label], broker.wake)
@@ -467,11 +470,8 @@ def measure_pool(ctx: Context, broker: Broker, folder: Path, site: Path, pool: s
             f"CPU per task (worker and pool processes): host {medians['host']:.0f} µs, "
             f"plain {medians['plain']:.0f} µs (ratio {medians['host'] / medians['plain']:.2f})"
         )
-    if ini_lines:
-        notes.append(
-            "both sides with broker_heartbeat = 2 and broker_heartbeat_checkrate = 200, a 10 ms tick "
-            "that keeps kombu 5.7's solo-pool stalls short (bench/row1_throughput.py says why)"
-        )
+    if pool == "solo":
+        notes.append("the plain side runs the host's SoloAck step (bench/solo_fixed_app.py)")
     if retries:
         notes.append(f"{len(retries)} run(s) repeated: RabbitMQ closed all connections (another test suite)")
     comparison.note = "; ".join(notes)

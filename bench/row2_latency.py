@@ -123,8 +123,9 @@ class Batches:
 
 
 def host_app(ini: Path) -> Any:
-    from core.celery_app import HostCelery, configure_app
+    from core.celery_app import HostCelery
     from core.config import load_config
+    from core.startup import configure_app
 
     return configure_app(HostCelery(f"bench-row2-{uuid.uuid4().hex[:6]}"), load_config(ini, environ={}))
 

@@ -25,8 +25,13 @@ shutting down is not what is measured (a warm shutdown of such a worker takes
 about 10 s here). The queue, its exchange and the results are deleted afterwards.
 
 Each side runs 10 times in a full run (``--runs`` if more), 5 with ``--quick``.
+The CPU time of the main process and its pool child up to the first task
+(their threads' time on a CPU, from ``/proc/PID/task/*/schedstat``) is read
+too: on this shared 2-core machine a busy neighbour stretches every side's
+wall time, and the host's extra work with it; CPU time moves much less.
 
-Target: host with 300 extensions <= plain + 150 ms.
+Targets: host with 300 extensions <= plain + 150 ms; the host's own cost,
+host with 300 extensions - the floor for 300, <= 50 ms.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import time
 import uuid
@@ -59,6 +65,8 @@ ROW = 3
 EXTENSIONS = 300
 #: host with 300 extensions may take this much longer than plain Celery.
 BUDGET_MS = 150.0
+#: ... and this much longer than the floor: plain Celery importing the same extensions.
+OWN_BUDGET_MS = 50.0
 WORKER_OPTIONS = [
     "-P",
     "prefork",
@@ -101,11 +109,15 @@ for ep in entry_points(group={GROUP!r}):
 
 @dataclass
 class Sample:
-    """One worker start: seconds to the first task, then the memory of its processes."""
+    """One worker start: seconds to the first task, then the memory and CPU time of its processes."""
 
     seconds: float
     main_mib: float
     child_mib: float
+    #: CPU time of the main process and its pool child, up to the first task.
+    cpu_seconds: float | None = None
+    #: The pool child's private memory (USS): what it does not share with the main process.
+    child_private_mib: float | None = None
 
 
 @dataclass
@@ -220,7 +232,8 @@ class Boots:
             pool = children(proc.pid)
             if len(pool) != 1:
                 raise RuntimeError(f"{worker.label}: expected one pool child, found {pool}")
-            return Sample(seconds, rss_mib(proc.pid), rss_mib(pool[0]))
+            cpu = cpu_seconds([proc.pid, pool[0]])
+            return Sample(seconds, rss_mib(proc.pid), rss_mib(pool[0]), cpu, private_mib(pool[0]))
         finally:
             _kill(proc)
             self.redis.delete(key)
@@ -239,6 +252,28 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def private_mib(pid: int) -> float | None:
+    """``Private_Clean`` + ``Private_Dirty`` of process ``pid`` in MiB; None where Linux does not tell."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return None
+    kib = sum(int(line.split()[1]) for line in lines if line.startswith(("Private_Clean:", "Private_Dirty:")))
+    return kib / 1024
+
+
+def cpu_seconds(pids: list[int]) -> float | None:
+    """The time the threads of processes ``pids`` have spent on a CPU; None where Linux does not tell."""
+    total = 0
+    try:
+        for pid in pids:
+            for thread in Path(f"/proc/{pid}/task").iterdir():
+                total += int((thread / "schedstat").read_text().split()[0])  # nanoseconds
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / 1e9
 
 
 def children(pid: int) -> list[int]:
@@ -297,6 +332,12 @@ def boots(ctx: Context) -> dict[str, list[Sample]]:
     return _MEASURED[ctx.workdir]
 
 
+def _cpu_ms(samples: list[Sample]) -> float | None:
+    """The median CPU time of ``samples``, in ms; None when it could not be read."""
+    cpu = [s.cpu_seconds * 1000 for s in samples if s.cpu_seconds is not None]
+    return statistics.median(cpu) if cpu and len(cpu) == len(samples) else None
+
+
 def run(ctx: Context) -> Iterator[Comparison]:
     measured = boots(ctx)
 
@@ -332,11 +373,23 @@ def run(ctx: Context) -> Iterator[Comparison]:
         ms("host300"),
         FLOOR,
         ms("floor300"),
-        "report",
+        f"<= floor + {OWN_BUDGET_MS:.0f} ms",
     )
     own_difference = own.difference
-    own.note = f"the host's own cost with {EXTENSIONS} extensions: {own_difference:+.0f} ms over the floor"
+    own.met = own_difference <= OWN_BUDGET_MS
+    own.note = (
+        f"the host's own cost with {EXTENSIONS} extensions (host{EXTENSIONS} - floor{EXTENSIONS}): "
+        f"{own_difference:+.0f} ms, target <= +{OWN_BUDGET_MS:.0f} ms"
+    )
     own.extra = {"difference_ms": own_difference}
+    cpu = {label: _cpu_ms(measured[label]) for label in ("host300", "floor300")}
+    if cpu["host300"] is not None and cpu["floor300"] is not None:
+        own_cpu = cpu["host300"] - cpu["floor300"]
+        own.note += (
+            f"; CPU time of the worker and its pool child to the first task: {cpu['host300']:.0f} ms "
+            f"against {cpu['floor300']:.0f} ms, {own_cpu:+.0f} ms"
+        )
+        own.extra["cpu_difference_ms"] = own_cpu
     yield own
     c0 = Comparison(
         ROW, measure, "ms", "host celeryd, 0 extensions", ms("host0"), PLAIN, ms("plain"), "report"

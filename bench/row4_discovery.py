@@ -5,8 +5,11 @@ on ``PYTHONPATH``), each measurement is one fresh Python process that finds
 the ``host.celery_task`` entry points, calls each ``task_imports()`` and
 imports every module it returns; only that part is timed, inside the process:
 
-* **host**: :func:`core.discovery.discover` on a fresh, configured
-  ``HostCelery`` (as ``tests/test_discovery.py`` sets one up);
+* **host**: :func:`core.startup.load_plugins`, then
+  :func:`core.discovery.discover` with those plugins, on a fresh, configured
+  ``HostCelery`` (as ``tests/test_discovery.py`` sets one up): plugin loading
+  makes the scan of the installed distributions that discovery uses, so both
+  are timed, as a worker runs them;
 * **floor**: the bare loop, ``importlib.metadata.entry_points(group=...)``,
   ``ep.load()()``, ``importlib.import_module`` each;
 * **pkg_resources**: ``iter_entry_points``, as CKAN did; its import is timed
@@ -45,7 +48,7 @@ from bench.synthetic import make_site
 ROW = 4
 #: side -> label in the table
 SIDES = {
-    "host": "host discover()",
+    "host": "host load_plugins() + discover()",
     "floor": "importlib.metadata loop (floor)",
     "pkg_resources": "pkg_resources.iter_entry_points",
     "stevedore": "stevedore ExtensionManager",
@@ -71,7 +74,8 @@ side, ini = sys.argv[1], sys.argv[2]
 GROUP = "host.celery_task"
 
 import core.celery_app
-from core.celery_app import HostCelery, configure_app
+from core.celery_app import HostCelery
+from core.startup import configure_app
 from core.config import load_config
 
 app = HostCelery("host", set_as_current=False)
@@ -92,9 +96,10 @@ def load_all(functions):
 
 if side == "host":
     from core.discovery import discover
+    from core.startup import load_plugins
 
     start = time.perf_counter()
-    found = discover(app, config)
+    found = discover(app, config, plugin_manager=load_plugins(config))
     seconds = time.perf_counter() - start
     if found.errors:
         sys.exit("\\n".join(map(str, found.errors)))

@@ -41,8 +41,9 @@ def _measure(ctx: Context, n: int, confirm: bool) -> Iterator[Comparison]:
     from kombu import Connection, Exchange, Producer
 
     from core.bulk import send_many
-    from core.celery_app import HostCelery, configure_app
+    from core.celery_app import HostCelery
     from core.config import load_config
+    from core.startup import configure_app
 
     site = f"bench{uuid.uuid4().hex[:8]}"
     queue = f"host:{site}:celery"

@@ -15,9 +15,8 @@ started once; one run of a side is then:
 2. poll the waiting messages (the queue's ``host_message`` rows, or a passive
    ``queue_declare``) every 2 ms: the clock starts when the count first drops
    and stops when it reaches 0; the drain rate is the messages taken in
-   between over that time (bench/embedded_broker.py started a worker after
-   publishing instead, which this does not need: the worker's start-up is
-   not what is measured, and a worker start and stop costs 2-3 s a run);
+   between over that time (the worker is started once, before publishing:
+   its start-up is not what is measured, and costs 2-3 s a run);
 3. R sequential ``send_task("bench.add").get()`` round trips, the way a web
    application waits for a task.
 
@@ -86,8 +85,9 @@ class Side:
     """One broker: its ini, its worker, the host app sending to it, and its runs."""
 
     def __init__(self, label: str, folder: Path, urls: str, site: Path, broker: Broker, wake: bool) -> None:
-        from core.celery_app import HostCelery, configure_app
+        from core.celery_app import HostCelery
         from core.config import load_config
+        from core.startup import configure_app
 
         self.label, self.folder, self.broker = label, folder, broker
         folder.mkdir(parents=True)

@@ -11,14 +11,20 @@ first task is done -- its pool child ran it -- ``VmRSS`` is read from
 Target: the host's RSS <= plain's + 30 MiB, for the main process and for the
 child. Plain Celery importing the same 300 extensions the bare way is shown
 too: the part of the difference that is the extensions' own code and tasks.
+
+A pool child's ``VmRSS`` counts the pages it still shares with the main
+process (copy-on-write, since the fork), so the child's line also notes its
+private memory (USS, ``Private_Clean`` + ``Private_Dirty`` from
+``/proc/PID/smaps_rollup``): what each further pool process adds.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterator
 
 from bench.harness import Comparison, Context
-from bench.row3_boot import EXTENSIONS, FLOOR, PLAIN, boots
+from bench.row3_boot import EXTENSIONS, FLOOR, PLAIN, Sample, boots
 
 ROW = 8
 BUDGET_MIB = 30.0
@@ -50,4 +56,17 @@ def run(ctx: Context) -> Iterator[Comparison]:
             f"importing the same {EXTENSIONS} extensions: {floor_difference:+.1f} MiB"
         )
         c.extra = {"difference_mib": difference, "floor_difference_mib": floor_difference}
+        if part == "child_mib":
+            private = {label: _private_mib(measured[label]) for label in ("host300", "plain")}
+            if private["host300"] is not None and private["plain"] is not None:
+                c.note += (
+                    f"; its private memory (USS): {private['host300']:.1f} MiB against "
+                    f"{private['plain']:.1f} MiB"
+                )
+                c.extra["private_mib"] = private
         yield c
+
+
+def _private_mib(samples: list[Sample]) -> float | None:
+    values = [s.child_private_mib for s in samples if s.child_private_mib is not None]
+    return statistics.median(values) if values and len(values) == len(samples) else None

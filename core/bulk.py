@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -34,7 +33,7 @@ from typing import Any
 from kombu.exceptions import OperationalError
 
 from core.errors import ServiceUnavailable, UsageError
-from core.masking import mask_url
+from core.sending import PLAIN_DATA, broker_unavailable, check_size, not_serialisable, replies, routed
 
 #: Messages published before their confirmations are awaited together.
 BATCH = 1000
@@ -98,36 +97,6 @@ ITEM_TYPES = {
 }
 
 
-def read_jsonl(lines: Iterable[str], source: str) -> Iterator[Any]:
-    """The items of a JSON Lines file: one JSON value per line; blank lines are skipped.
-
-    :raises UsageError: naming ``source`` and the line of a value that is not JSON.
-    """
-    from core.client import MAX_NESTING, nesting
-
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except (ValueError, RecursionError) as e:
-            raise UsageError(
-                f"{source}, line {number}: not a JSON value: {e}",
-                hint='each line holds one item: [arg, ...] or {"args": [...], "kwargs": {...}}',
-            ) from e
-        if nesting(value) > MAX_NESTING:
-            raise UsageError(
-                f"{source}, line {number}: lists or objects nest more than {MAX_NESTING} levels deep",
-                hint="pass flatter data, or a reference to it (a file name, a database id)",
-            )
-        try:
-            item_call(value, number)
-        except UsageError as e:
-            problem = e.message.removeprefix(f"item {number}: ")
-            raise UsageError(f"{source}, line {number}: {problem}", hint=e.hint) from e
-        yield value
-
-
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:60] + "..."
@@ -145,57 +114,44 @@ def send_many(app: Any, name: str, items: Iterable[Any], **options: Any) -> list
     :raises ServiceUnavailable: when the broker cannot be reached within the
         publish retry policy; ``error.sent`` holds the ids confirmed so far.
     """
-    from celery import _state
     from kombu.exceptions import EncodeError
 
-    from core.client import check_size
-
     ids: list[str] = []
-    config = getattr(app, "host_config", None)
     policy = {**DEFAULT_POLICY, **(app.conf.task_publish_retry_policy or {})}
-    # Celery's own switch for "nobody will wait here": no result subscription per task.
-    previous = _state.task_join_will_block()
-    _state._set_task_join_will_block(True)
-    try:
-        with app.connection_for_write() as connection:
-            _connect(connection, policy, app)
-            publisher = _Publisher(app, connection, policy)
-            try:
-                position = 0
-                for batch, problem in _batches(items, BATCH):
-                    calls = []
-                    for item in batch:
-                        try:
-                            args, kwargs, own = item_call(item, position)
-                            check_size(app, name, args, kwargs)
-                        except UsageError as e:
-                            problem = e
-                            break
-                        calls.append((args, kwargs, _routed({**options, **own}, config), position))
-                        position += 1
+    with replies(expected=False), app.connection_for_write() as connection:
+        _connect(connection, policy, app)
+        publisher = _Publisher(app, connection, policy)
+        try:
+            position = 0
+            for batch, problem in _batches(items, BATCH):
+                calls = []
+                for item in batch:
                     try:
-                        ids += publisher.send(name, calls)
-                    except EncodeError as e:
-                        ids += publisher.sent_ids
-                        raise BulkSendError(
-                            f"item {publisher.failed_at} of {name} cannot be serialised as "
-                            f"{app.conf.task_serializer}: {e}; {_before(ids)}",
-                            sent=ids,
-                            hint="pass plain data: strings, numbers, booleans, null, lists and objects",
-                        ) from e
-                    if problem is not None:
-                        raise BulkSendError(
-                            f"{problem.message}; {_before(ids)}",
-                            sent=ids,
-                            hint=problem.hint,
-                        ) from problem
-            except ServiceUnavailable as e:
-                e.sent = ids  # type: ignore[attr-defined]
-                raise
-            finally:
-                publisher.close()
-    finally:
-        _state._set_task_join_will_block(previous)
+                        args, kwargs, own = item_call(item, position)
+                        check_size(app, name, args, kwargs)
+                    except UsageError as e:
+                        problem = e
+                        break
+                    calls.append((args, kwargs, routed(app, {**options, **own}), position))
+                    position += 1
+                try:
+                    ids += publisher.send(name, calls)
+                except EncodeError as e:
+                    ids += publisher.sent_ids
+                    raise BulkSendError(
+                        f"item {publisher.failed_at} of {name} {not_serialisable(app, e)}; {_before(ids)}",
+                        sent=ids,
+                        hint=PLAIN_DATA,
+                    ) from e
+                if problem is not None:
+                    raise BulkSendError(
+                        f"{problem.message}; {_before(ids)}", sent=ids, hint=problem.hint
+                    ) from problem
+        except ServiceUnavailable as e:
+            e.sent = ids  # type: ignore[attr-defined]
+            raise
+        finally:
+            publisher.close()
     return ids
 
 
@@ -203,15 +159,6 @@ def _before(ids: Sequence[str]) -> str:
     if not ids:
         return "nothing was sent"
     return "the item before it was sent" if len(ids) == 1 else f"the {len(ids)} items before it were sent"
-
-
-def _routed(options: dict[str, Any], config: Any) -> dict[str, Any]:
-    """A queue given by name is the queue as plugins and ``-Q`` call it: the site prefix is added."""
-    if config is not None and isinstance(options.get("queue"), str):
-        from core.settings import queue_name
-
-        options["queue"] = queue_name(config, options["queue"])
-    return options
 
 
 DEFAULT_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
@@ -240,12 +187,8 @@ def _connect(connection: Any, policy: Mapping[str, Any], app: Any) -> None:
             interval_step=policy.get("interval_step", 0.2),
             interval_max=policy.get("interval_max", 0.2),
         )
-    except connection.connection_errors as e:
-        raise ServiceUnavailable(
-            f"the tasks were not sent: the broker at {mask_url(str(app.conf.broker_url))} "
-            f"does not answer ({e})",
-            hint="start the broker, or check celery.broker_url ('host config show' prints it)",
-        ) from e
+    except (OperationalError, *connection.connection_errors) as e:  # kombu re-raises as OperationalError
+        raise broker_unavailable(app, "the tasks were not sent", e) from e
 
 
 class _Publisher:
@@ -375,9 +318,10 @@ class _Publisher:
             except self.retryable as e:
                 failures += 1
                 if failures > int(self.policy.get("max_retries") or 0):
-                    raise ServiceUnavailable(
-                        f"{len(self.pending) or 'some'} tasks were not confirmed: the broker at "
-                        f"{mask_url(str(self.app.conf.broker_url))} does not answer ({e})",
+                    raise broker_unavailable(
+                        self.app,
+                        f"{len(self.pending) or 'some'} tasks were not confirmed",
+                        e,
                         hint="start the broker, or check celery.broker_url; earlier batches were confirmed",
                     ) from e
                 time.sleep(self._interval(failures))

@@ -14,25 +14,25 @@ is raised from here, so ``host tasks`` can show every problem at once.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import itertools
-import os
 import re
 import sys
-import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-import importlib_metadata
-
 from core.config import HostConfig
-from core.errors import DuplicateTaskError, ExtensionError, HostError
+from core.entrypoints import TASK_GROUP, Installed, describe, identified, installed_entry_points, normalize
+from core.errors import DuplicateTaskError, ExtensionError, HostError, UsageError
+from core.errors_text import exception_text, explain_import_error
 
 if TYPE_CHECKING:
-    from plugins.manager import HostPluginManager
+    from core.plugin_manager import HostPluginManager
 
-GROUP = "host.celery_task"
+GROUP = TASK_GROUP
 _MODULE_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -93,75 +93,46 @@ class Discovery:
         return [row["task"] for row in self.task_rows()]
 
 
-def normalize(name: str) -> str:
-    """PEP 503 name normalisation: ``Example_Ext`` and ``example-ext`` are one."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def task_entry_points(group: str = GROUP) -> list[importlib_metadata.EntryPoint]:
-    """The installed entry points of ``group``, in a stable order."""
-    return [ep for ep, _ in _installed(group)]
-
-
-def _installed(group: str) -> list[tuple[importlib_metadata.EntryPoint, tuple[str, str]]]:
+def _installed(group: str) -> list[Installed]:
     """Each installed entry point of ``group`` with its distribution's name and version, sorted."""
-    found = _identified(importlib_metadata.entry_points(group=group))
-    return sorted(found, key=lambda item: (normalize(item[1][0] if item[0].dist else ""), item[0].name))
+    return _sorted(installed_entry_points([group])[group])
 
 
-def _identified(
-    eps: Iterable[importlib_metadata.EntryPoint],
-) -> list[tuple[importlib_metadata.EntryPoint, tuple[str, str]]]:
-    """Each entry point with its distribution's name and version, read once per distribution."""
-    known: dict[int, tuple[str, str]] = {}
-    found = []
-    for ep in eps:
-        dist = ep.dist
-        if id(dist) not in known:
-            known[id(dist)] = _name_and_version(dist)
-        found.append((ep, known[id(dist)]))
-    return found
+def _sorted(found: Iterable[Installed]) -> list[Installed]:
+    return sorted(found, key=lambda item: (item.sort_name, item.entry_point.name))
 
 
-#: A header line of a metadata file, as the email parser reads one.
-_HEADER = re.compile(r"([\041-\071\073-\176]+):[ \t]*(.*)")
-_IDENTITY = ("name", "version")
+def _task_entry_points(
+    entry_points: Iterable[metadata.EntryPoint] | None, pm: HostPluginManager | None
+) -> list[Installed]:
+    """The entry points discovery goes through: given, else those plugin loading found, else installed."""
+    if entry_points is not None:
+        return identified(entry_points)
+    if pm is not None and pm.installed is not None:
+        # The plugin manager's scan covered this group too: one look at the
+        # installed distributions serves both (core/entrypoints.py).
+        return _sorted(pm.installed[GROUP])
+    return _installed(GROUP)
 
 
-def _name_and_version(dist: importlib_metadata.IDistribution | None) -> tuple[str, str]:
-    """The distribution's ``Name`` and ``Version``, from the headers of its metadata file.
-
-    ``dist.name`` and ``dist.version`` each read and parse the whole file, whose
-    body is often the project's README; with hundreds of extensions that was a
-    large part of discovery. Only the header lines up to these two are read
-    here; anything unusual in them falls back to ``dist.name`` and ``dist.version``.
-    """
-    if dist is None:
-        return "(unknown distribution)", "?"
-    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO")
-    if text:
-        fields: dict[str, str] = {}
-        for line in text.splitlines():
-            match = _HEADER.fullmatch(line)
-            if match is None:  # the end of the headers, a continuation line or anything odd
-                break
-            key = match.group(1).lower()
-            if key in _IDENTITY and key not in fields:
-                fields[key] = match.group(2)
-                if len(fields) == len(_IDENTITY):
-                    return fields["name"], fields["version"]
-    return dist.name, dist.version
-
-
-def describe(ep: importlib_metadata.EntryPoint) -> str:
-    """``host.celery_task:tasks = example_ext.celery_import:task_imports``."""
-    return f"{ep.group}:{ep.name} = {ep.value}"
+def check_task_name(name: str, known: Iterable[str], broken: Sequence[str] = ()) -> None:
+    """An unknown name is an error listing the closest known names."""
+    known = list(known)
+    if name in known:
+        return
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    message = f"unknown task {name!r}"
+    if close:
+        message += f"; did you mean {', '.join(close)}?"
+    if broken:
+        message += f" ({len(broken)} extension(s) failed to load and may hold it: {', '.join(broken)})"
+    raise UsageError(message, hint="'host tasks' lists every task the installed extensions provide")
 
 
 def discover(
     app: Any,
     config: HostConfig,
-    entry_points: Iterable[importlib_metadata.EntryPoint] | None = None,
+    entry_points: Iterable[metadata.EntryPoint] | None = None,
     plugin_manager: HostPluginManager | None = None,
 ) -> Discovery:
     """Import every enabled extension's task modules into ``app``.
@@ -172,7 +143,9 @@ def discover(
 
     :param app: the configured Celery app the task modules register on.
     :param config: supplies ``host.celery_task.disabled``.
-    :param entry_points: for tests; default: the installed ``host.celery_task`` ones.
+    :param entry_points: for tests; default: the installed ``host.celery_task`` ones, as
+        the plugin manager found them when it was made (one scan serves both), else as
+        installed now.
     :param plugin_manager: the loaded plugins; default: the app's own.
     """
     pm = plugin_manager if plugin_manager is not None else getattr(app, "host_plugins", None)
@@ -184,8 +157,8 @@ def discover(
     extensions = []
     owners: dict[str, Extension] = {}
     index = _TaskIndex(app.tasks)
-    for ep, identity in _installed(GROUP) if entry_points is None else _identified(entry_points):
-        ext = _extension(ep, identity)
+    for ep, name, version in _task_entry_points(entry_points, pm):
+        ext = Extension(name, version, describe(ep))
         extensions.append(ext)
         if normalize(ext.distribution) in disabled:
             ext.disabled = True
@@ -211,11 +184,6 @@ def discover(
             ext.error = e
             _unload(app, ext, index)
     return Discovery(extensions)
-
-
-def _extension(ep: importlib_metadata.EntryPoint, identity: tuple[str, str]) -> Extension:
-    name, version = identity
-    return Extension(name, version, describe(ep))
 
 
 def _load(
@@ -280,7 +248,7 @@ class _TaskIndex:
         return self.by_module.get(module, [])
 
 
-def _import_entry_point(ep: importlib_metadata.EntryPoint, ext: Extension) -> Any:
+def _import_entry_point(ep: metadata.EntryPoint, ext: Extension) -> Any:
     module = ep.module
     try:
         importlib.import_module(module)
@@ -340,20 +308,6 @@ def _owner_label(module: str, owners: dict[str, Extension]) -> str:
     return f"{owner.label} (module {module})" if owner else f"module {module}"
 
 
-def explain_import_error(e: Exception, module: str) -> tuple[str, bool]:
-    """Why importing ``module`` failed, and whether it is simply not installed.
-
-    Tells "not installed" (the module itself, or a package holding it, is
-    missing) from "broken inside" (it raised, or imports something missing).
-    """
-    missing = getattr(e, "name", None) if isinstance(e, ModuleNotFoundError) else None
-    if missing and (module == missing or module.startswith(missing + ".")):
-        return "it is not installed", True
-    if missing:
-        return f"it imports {missing}, which is not installed", False
-    return f"it raised {exception_text(e)}", False
-
-
 def _import_failure(e: Exception, module: str, ext: Extension, what: str) -> ExtensionError:
     cause, not_installed = explain_import_error(e, module)
     if not_installed:
@@ -392,37 +346,6 @@ def _error(
         duplicate_task=duplicate_task,
         hint=hint,
     )
-
-
-def exception_text(e: BaseException, within: str | None = None) -> str:
-    """``ValueError: bad at /path/module.py, line 3``: the exception and where it was raised.
-
-    ``within`` (a module name) picks the innermost frame in that module's
-    top-level package, so a plugin's error points at the plugin's own line
-    rather than at the library it called.
-    """
-    text = str(e)
-    return (f"{type(e).__name__}: {text}" if text else type(e).__name__) + _where(e, within)
-
-
-def _where(e: BaseException, within: str | None) -> str:
-    frames = traceback.extract_tb(e.__traceback__)
-    if not frames:
-        return ""
-    chosen = frames[-1]
-    folder = _package_folder(within) if within else None
-    if folder:
-        chosen = next((f for f in reversed(frames) if f.filename.startswith(folder)), chosen)
-    return f" at {chosen.filename}, line {chosen.lineno}"
-
-
-def _package_folder(module: str) -> str | None:
-    top = sys.modules.get(module.partition(".")[0])
-    file = getattr(top, "__file__", None)
-    if not file:
-        return None
-    # A package: its folder. A single-file module: the file itself.
-    return os.path.dirname(file) + os.sep if os.path.basename(file) == "__init__.py" else file
 
 
 def _unload(app: Any, ext: Extension, index: _TaskIndex | None = None) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from core.discovery import Discovery
-    from plugins.manager import HostPluginManager
+    from core.plugin_manager import HostPluginManager
 
 
 def inventory(pm: HostPluginManager, found: Discovery) -> dict[str, list[dict[str, Any]]]:
@@ -57,46 +57,20 @@ def inventory(pm: HostPluginManager, found: Discovery) -> dict[str, list[dict[st
     return {"plugins": plugins, "task_extensions": extensions}
 
 
-def render(listing: dict[str, list[dict[str, Any]]]) -> str:
-    """The text form: a block per plugin and per task extension."""
-    lines = ["Plugins (entry point group host.plugins; enable them with host.plugins in the ini):"]
-    if not listing["plugins"]:
-        lines.append("  none installed")
-    for p in listing["plugins"]:
-        status = "enabled" if p["enabled"] else "not enabled"
-        if p["error"]:
-            status += ", BROKEN"
-        source = f"{p['distribution']}=={p['version']}" if p["distribution"] else "not installed"
-        lines.append(f"  {p['name']}  {source}  [{status}]")
-        if p["entry_point"]:
-            lines.append(f"    entry point: {p['entry_point']}")
-        _details(lines, p)
-    lines.append("Task extensions (entry point group host.celery_task):")
-    if not listing["task_extensions"]:
-        lines.append("  none installed")
-    for e in listing["task_extensions"]:
-        status = "enabled" if e["enabled"] else "disabled by host.celery_task.disabled"
-        if e["error"]:
-            status += ", BROKEN"
-        lines.append(f"  {e['distribution']}=={e['version']}  [{status}]")
-        lines.append(f"    entry point: {e['entry_point']}")
-        _details(lines, e)
-    return "\n".join(lines)
-
-
-def _details(lines: list[str], item: dict[str, Any]) -> None:
-    if item.get("hooks"):
-        lines.append(f"    hooks:       {', '.join(item['hooks'])}")
-    if item.get("tasks"):
-        lines.append(f"    tasks:       {', '.join(item['tasks'])}")
-    for queue, patterns in (item.get("queues") or {}).items():
-        routed = f" <- {', '.join(patterns)}" if patterns else ""
-        lines.append(f"    queue:       {queue}{routed}")
-    if item.get("beat"):
-        lines.append(f"    beat:        {', '.join(item['beat'])}")
-    if item.get("commands"):
-        lines.append(f"    commands:    {', '.join('host ' + c for c in item['commands'])}")
-    if item.get("error"):
-        first, *rest = item["error"].splitlines()
-        lines.append(f"    error:       {first}")
-        lines.extend(f"                 {line.strip()}" for line in rest)
+def task_listing(found: Discovery, errors: list[Any]) -> dict[str, Any]:
+    """``host tasks --json``: every task, every extension, every problem."""
+    return {
+        "tasks": found.task_rows(),
+        "extensions": [
+            {
+                "distribution": e.distribution,
+                "version": e.version,
+                "entry_point": e.entry_point,
+                "modules": e.modules,
+                "disabled": e.disabled,
+                "error": str(e.error) if e.error else None,
+            }
+            for e in found.extensions
+        ],
+        "errors": [str(e) for e in errors],
+    }

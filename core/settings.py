@@ -12,24 +12,25 @@ In this order:
 4. the plugins' :func:`~plugins.hookspecs.host_beat_schedule`;
 5. each plugin's :func:`~plugins.hookspecs.host_celery_config`, which sees
    all of the above and may change anything.
+
+The hooks are called by the plugin manager (:mod:`core.plugin_manager`),
+which checks and records what each returns; this module only reads it.
 """
 
 from __future__ import annotations
 
 import copy
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from core.config import HostConfig
 
 if TYPE_CHECKING:
-    from plugins.manager import HostPluginManager
+    from core.plugin_manager import HostPluginManager
 
 DEFAULT_QUEUE = "celery"
 #: Exchanges other than the task exchange whose names are shared broker-wide.
 _SITE_EXCHANGES = {"control_exchange": "celery", "event_exchange": "celeryev"}
-_QUEUE_NAME = re.compile(r"^[^\s,]+$")
 
 
 def queue_prefix(config: HostConfig) -> str:
@@ -49,6 +50,35 @@ HOST_DEFAULTS = {
     # Bad messages are rejected with a clear log line and marked failed.
     "worker_consumer": "core.consumer:HostConsumer",
 }
+
+
+def effective_settings(
+    config: HostConfig, app: Any, pm: HostPluginManager
+) -> list[tuple[str, Any, str, str | None]]:
+    """Every setting in force, as ``host config show`` lists it: key, value, source, meaning.
+
+    The ini's ``host.*`` and ``celery.*`` values (with the environment and the
+    defaults), the host's own defaults for Celery, what the plugins changed,
+    and each plugin's options; passwords masked.
+    """
+    from core.masking import mask
+
+    values = {f"host.{k}": v for k, v in sorted(config.host.items())}
+    values.update({f"celery.{k}": v for k, v in sorted(config.celery.items())})
+    sources = dict(config.sources)
+    for key, value in HOST_DEFAULTS.items():
+        if key not in config.celery:
+            values[f"celery.{key}"], sources[f"celery.{key}"] = value, "host default"
+    for key, plugin in sorted(app.host_changed_by.items()):
+        values[f"celery.{key}"], sources[f"celery.{key}"] = app.conf.get(key), plugin
+    for name, options in pm.options.items():
+        for key, value in sorted(options.items()):
+            values[f"plugin:{name}.{key}"] = value
+            sources[f"plugin:{name}.{key}"] = pm.option_sources.get(name, {}).get(key, "default")
+    return [
+        (key, mask(value, key), sources.get(key, "default"), meaning(key, value))
+        for key, value in values.items()
+    ]
 
 
 def meaning(key: str, value: Any) -> str | None:
@@ -82,21 +112,10 @@ def celery_settings(
     _apply_site_prefix(settings, config, changed_by)
     if pm is None:
         return settings, changed_by
-    queues, routes = plugin_queues(pm)
+    queues, routes = pm.queues()
     _apply_queues(settings, config, queues, routes, changed_by)
-    _apply_beat(settings, pm, changed_by)
-    for plugin in pm.implementing("host_celery_config"):
-        before = copy.deepcopy(settings)
-        try:
-            pm.call_one(plugin, "host_celery_config", config=settings, host_config=config)
-        except Exception as e:
-            settings.clear()
-            settings.update(before)  # half a change is worse than none
-            pm.raised(plugin, "host_celery_config", e)
-            continue
-        for key in set(settings) | set(before):
-            if settings.get(key, _MISSING) != before.get(key, _MISSING):
-                changed_by[key] = f"plugin {plugin.name}"
+    _apply_beat(settings, pm.beat_entries(), changed_by)
+    changed_by.update(pm.adjust_settings(settings, config))
     return settings, changed_by
 
 
@@ -178,56 +197,6 @@ def _prefixed_route(route: Any, prefix: str) -> Any:
     return route
 
 
-def plugin_queues(pm: HostPluginManager) -> tuple[dict[str, list[str]], dict[str, tuple[str, str]]]:
-    """Every plugin's queues, and the routes ``{pattern: (queue, plugin)}`` they ask for.
-
-    Two plugins routing the same pattern to different queues is an error of
-    the second one.
-    """
-    queues: dict[str, list[str]] = {}
-    routes: dict[str, tuple[str, str]] = {}
-    for plugin, declared in pm.call_each("host_queues"):
-        if declared is None:
-            continue
-        checked = _checked_queues(declared)
-        if checked is None:
-            pm.returned(plugin, "host_queues", declared, "a mapping of queue names to lists of task names")
-            continue
-        clash = next(
-            ((p, routes[p]) for q, ps in checked.items() for p in ps if p in routes and routes[p][0] != q),
-            None,
-        )
-        if clash:
-            pattern, (queue, owner) = clash
-            message = f"routes {pattern!r} to a queue, but plugin {owner!r} already routes it to {queue!r}"
-            pm.fail(plugin, plugin.error_for(message, hint="route each task name from one plugin only"))
-            continue
-        plugin.queues = checked
-        for queue, patterns in checked.items():
-            queues.setdefault(queue, [])
-            for pattern in patterns:
-                if pattern not in routes:
-                    queues[queue].append(pattern)
-                    routes[pattern] = (queue, plugin.name)
-    return queues, routes
-
-
-def _checked_queues(declared: Any) -> dict[str, list[str]] | None:
-    if not isinstance(declared, Mapping):
-        return None
-    checked = {}
-    for queue, patterns in declared.items():
-        if not isinstance(queue, str) or not _QUEUE_NAME.match(queue):
-            return None
-        if isinstance(patterns, str) or not isinstance(patterns, Iterable):
-            return None
-        patterns = list(patterns)
-        if not all(isinstance(p, str) and p for p in patterns):
-            return None
-        checked[queue] = patterns
-    return checked
-
-
 def _apply_queues(
     settings: dict[str, Any],
     config: HostConfig,
@@ -257,68 +226,12 @@ def _as_routers(routes: Any) -> list[Any]:
     return list(routes) if isinstance(routes, (list, tuple)) else [routes]
 
 
-def _apply_beat(settings: dict[str, Any], pm: HostPluginManager, changed_by: dict[str, str]) -> None:
+def _apply_beat(settings: dict[str, Any], entries: Mapping[str, Any], changed_by: dict[str, str]) -> None:
+    """The plugins' periodic entries join the ini's; the ini's own entries win on a name clash."""
+    if not entries:
+        return
     schedule = dict(settings.get("beat_schedule") or {})
-    added = False
-    for plugin, entries in pm.call_each("host_beat_schedule"):
-        if entries is None:
-            continue
-        if not _valid_schedule(entries):
-            expected = 'a mapping of entry names to {"task": ..., "schedule": ...}'
-            pm.returned(plugin, "host_beat_schedule", entries, expected)
-            continue
-        plugin.beat = list(entries)
-        for name, entry in entries.items():
-            # The ini's own entries win on a name clash.
-            schedule.setdefault(name, dict(entry))
-            added = True
-    if added:
-        settings["beat_schedule"] = schedule
-        changed_by["beat_schedule"] = "plugins (host_beat_schedule)"
-
-
-def _valid_schedule(entries: Any) -> bool:
-    return isinstance(entries, Mapping) and all(
-        isinstance(name, str)
-        and isinstance(entry, Mapping)
-        and isinstance(entry.get("task"), str)
-        and entry.get("schedule") is not None
-        for name, entry in entries.items()
-    )
-
-
-_QUEUE_OPTIONS = ("-Q", "--queues", "-X", "--exclude-queues")
-
-
-def site_queues(args: tuple[str, ...] | list[str], config: HostConfig) -> list[str]:
-    """With ``host.site_id``, the queue names given to ``-Q``/``-X`` get the site prefix.
-
-    Operators name queues as the plugins declare them (``-Q example``); the
-    worker consumes ``host:SITE:example``. Every other argument is untouched.
-    """
-    if not queue_prefix(config):
-        return list(args)
-
-    def prefixed(names: str) -> str:
-        return ",".join(queue_name(config, n.strip()) for n in names.split(",") if n.strip())
-
-    out: list[str] = []
-    expect_value = False
-    for arg in args:
-        if arg == "--":
-            out.append(arg)
-            expect_value = False
-        elif expect_value:
-            out.append(prefixed(arg))
-            expect_value = False
-        elif arg in _QUEUE_OPTIONS:
-            out.append(arg)
-            expect_value = True
-        elif arg.startswith(("--queues=", "--exclude-queues=")):
-            option, _, names = arg.partition("=")
-            out.append(f"{option}={prefixed(names)}")
-        elif arg[:2] in ("-Q", "-X") and len(arg) > 2:
-            out.append(arg[:2] + prefixed(arg[2:]))
-        else:
-            out.append(arg)
-    return out
+    for name, entry in entries.items():
+        schedule.setdefault(name, entry)
+    settings["beat_schedule"] = schedule
+    changed_by["beat_schedule"] = "plugins (host_beat_schedule)"

@@ -174,7 +174,7 @@ def _header(d: Deployment) -> str:
     )
 
 
-def _common(d: Deployment, program: str, log_name: str) -> list[str]:
+def _common(d: Deployment, log_name: str) -> list[str]:
     return [
         f"user = {d.user}",
         "; never root: a task runs with its worker's privileges",
@@ -209,7 +209,7 @@ def _worker(d: Deployment, program: str, queues: tuple[str, ...], wait: int, why
         "; in the foreground: supervisor is the one that keeps it running",
         "process_name = %(program_name)s-%(process_num)d",
         f"numprocs = {d.workers}",
-        *_common(d, program, f"{program}-%(process_num)d.log"),
+        *_common(d, f"{program}-%(process_num)d.log"),
         f"stopwaitsecs = {wait}",
         f"; {why}",
         "stopasgroup = false",
@@ -229,7 +229,7 @@ def _beat(d: Deployment, program: str) -> str:
         "; exactly one beat per deployment: two would send every periodic task twice",
         f"command = {shlex.join([str(d.host_bin), 'celerybeat', '--config', str(d.config.path)])}",
         "numprocs = 1",
-        *_common(d, program, f"{program}.log"),
+        *_common(d, f"{program}.log"),
         "stopwaitsecs = 30",
         "; beat runs no task itself; it only has to save its schedule",
         "stopasgroup = false",

@@ -69,8 +69,9 @@ class Target:
 
     def result(self, task_id: str) -> object:
         """A good task's result, read with an app of the test's own."""
-        from core.celery_app import HostCelery, configure_app
+        from core.celery_app import HostCelery
         from core.config import load_config
+        from core.startup import configure_app
 
         app = configure_app(
             HostCelery("reader", set_as_current=False), load_config(self.worker.ini, environ={})

@@ -21,10 +21,12 @@ import redis
 from kombu import Connection
 
 from conftest import IN_CI, RABBITMQ_URL, REDIS_URL
-from core.bulk import BulkSendError, item_call, read_jsonl, send_many
-from core.celery_app import HostCelery, configure_app
+from core.bulk import BulkSendError, item_call, send_many
+from core.celery_app import HostCelery
+from core.cli.params import read_jsonl
 from core.config import load_config
 from core.errors import UsageError
+from core.startup import configure_app
 from worker import HOST, host, host_env, running_worker, wait_until, write_ini
 
 INI = """

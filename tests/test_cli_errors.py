@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from core.client import MAX_NESTING, Outcome, nesting, parse_json_args, parse_json_kwargs
+from core.cli.params import JSON_ARGUMENT, JSON_OBJECT, MAX_NESTING, nesting
 from core.errors import UsageError
+from core.results import Outcome
 from tests.worker import host, host_env, write_ini
 
 EMBEDDED_BROKER = "embedded+sqlite:///%(here)s/data/broker.sqlite"
@@ -149,11 +150,11 @@ def test_nesting_is_measured_without_recursion() -> None:
 
 def test_nesting_up_to_the_limit_is_accepted() -> None:
     text = "[" * MAX_NESTING + "]" * MAX_NESTING
-    assert nesting(parse_json_args([text])[0]) == MAX_NESTING
+    assert nesting(JSON_ARGUMENT.convert(text, None, None)) == MAX_NESTING
     with pytest.raises(UsageError, match="nests lists or objects more than"):
-        parse_json_kwargs('{"a": ' + "[" * MAX_NESTING + "]" * MAX_NESTING + "}")
+        JSON_OBJECT.convert('{"a": ' + "[" * MAX_NESTING + "]" * MAX_NESTING + "}", None, None)
     with pytest.raises(UsageError, match="nests lists or objects more than"):
-        parse_json_kwargs('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        JSON_OBJECT.convert('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", None, None)
 
 
 def test_a_result_with_a_lone_surrogate_prints_as_json() -> None:

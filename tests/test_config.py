@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT, write_ini
-from core.celery_app import HostCelery, configure_app
+from core.celery_app import HostCelery
 from core.config import (
     CELERY_DEFAULTS,
     HOST_OPTIONS,
@@ -27,6 +27,7 @@ from core.config import (
 )
 from core.errors import ConfigError, HostError
 from core.masking import mask, mask_text, mask_url
+from core.startup import configure_app
 
 CELERY_DOCS = "(see https://docs.celeryq.dev/en/stable/userguide/configuration.html)"
 

@@ -523,3 +523,37 @@ def test_core_configure_with_a_child_ini(folders: tuple[Path, Path], fresh_app: 
     assert app.host_config.files == (dev, base)
     assert app.host_plugins is not None
     assert app.host_plugins.options["example"] == {"greeting": "Hi from dev", "heartbeat_seconds": 60.0}
+
+
+@pytest.mark.e2e
+def test_a_worker_on_a_child_ini_runs_a_task_and_a_bad_base_key_names_the_base(tmp_path: Path) -> None:
+    """The check of the structure issue: [DEFAULT] and ``use`` in a real worker, then a typo in the base."""
+    from worker import host, host_env, running_worker
+
+    base = write_ini(
+        tmp_path / "base.ini",
+        """
+        [DEFAULT]
+        data = %(here)s/data
+
+        [app:main]
+        celery.broker_url = embedded+sqlite:///%(data)s/broker.sqlite
+        celery.result_backend = embedded+sqlite:///%(data)s/results.sqlite
+        host.plugins = example
+
+        [plugin:example]
+        greeting = Hi
+        """,
+    )
+    child = "[app:main]\nuse = config:base.ini\ncelery.worker_concurrency = 1\n"
+    with running_worker(tmp_path, child, args=("-c", "1")) as worker:
+        sent = host("send", "example.add", "2", "3", "--wait", "--config", str(worker.ini), env=worker.env)
+        assert (sent.returncode, sent.stdout.strip()) == (0, "5"), sent.stderr
+    assert (tmp_path / "data" / "broker.sqlite").is_file()  # %(data)s from the base's [DEFAULT]
+
+    base.write_text(base.read_text().replace("celery.broker_url", "celery.brokr_url"), encoding="utf-8")
+    broken = host("tasks", "--config", str(worker.ini), env=host_env())
+    assert broken.returncode == 2
+    assert broken.stderr.startswith(
+        f"Error: {base}, section [app:main], key 'celery.brokr_url': unknown Celery setting"
+    )

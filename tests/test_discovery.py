@@ -15,10 +15,11 @@ from pathlib import Path
 import importlib_metadata
 import pytest
 
-from core.celery_app import HostCelery, configure_app
+from core.celery_app import HostCelery
 from core.config import load_config
 from core.discovery import Discovery, discover
 from core.errors import ExtensionError
+from core.startup import configure_app
 from tests.conftest import Site, write_ini
 
 ENTRY_POINT = "host.celery_task:tasks = {pkg}.celery_import:task_imports"

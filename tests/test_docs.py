@@ -151,3 +151,19 @@ def test_every_test_the_docs_cite_exists(doc):
             assert name in (ROOT / path).read_text(encoding="utf-8"), f"{doc.name} cites {path}::{name}"
     missing = sorted(set(CITED_TEST.findall(text)) - names)
     assert not missing, f"{doc.name} cites tests that do not exist: {missing}"
+
+
+@pytest.mark.parametrize(
+    "module",
+    sorted(
+        p.relative_to(ROOT / "core").as_posix()
+        for p in (ROOT / "core").rglob("*.py")
+        if p.name not in ("__init__.py", "__main__.py")
+    ),
+)
+def test_the_architecture_page_names_every_module(module):
+    """docs/architecture.md is the map: a module it does not name is a module nobody can find."""
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    name = module.removeprefix("cli/")
+    named = {f"`{name}`", f"`{module}`", f"`core/{module}`"}
+    assert any(form in page for form in named), f"docs/architecture.md does not name core/{module}"

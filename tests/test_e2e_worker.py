@@ -106,7 +106,9 @@ send(celery, "HOST_CONFIG")
 from core.celery_app import configure
 send(configure(ini), "configure")
 
-from core.celery_app import HostCelery, configure_app
+from core.celery_app import HostCelery
+
+from core.startup import configure_app
 from core.config import load_config
 send(configure_app(HostCelery("web"), load_config(ini)), "HostCelery")
 """

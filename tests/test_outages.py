@@ -28,7 +28,7 @@ import redis
 from conftest import RABBITMQ_URL, REDIS_URL, ROOT
 from services import RedisServer, rabbitmq_node, redis_server, spare_port
 from test_supervisor import TESTS, delete_site, deployed, install_faults
-from worker import HOST, READY, Worker, host, host_env, running_worker, wait_until, write_ini
+from worker import HOST, READY, host, host_env, running_worker, started_worker, wait_until, write_ini
 
 PRODUCTION = (ROOT / "production.ini").read_text(encoding="utf-8")
 #: The outages, as an operator would cause them. Waits, not assertions about speed.
@@ -136,7 +136,7 @@ def test_a_worker_started_before_the_broker_begins_consuming_once_it_answers(tmp
         ini = write_ini(tmp_path, production_ini(node.url, REDIS_URL, run.site_id))
         site = install_faults(tmp_path)
         env = host_env(pythonpath=[site.path, TESTS])
-        with started(ini, env, tmp_path) as worker:
+        with started_worker(ini, env, tmp_path, ["-c", "1"]) as worker:
             worker.wait_for_log(r"WARNI.*the broker at \S+ does not answer")
             node.start_app()
             started_app = time.monotonic()
@@ -147,33 +147,6 @@ def test_a_worker_started_before_the_broker_begins_consuming_once_it_answers(tmp
             assert worker.returncode is None
         assert worker.returncode == 0, worker.failure_details()
         assert worker.log.count("does not answer") == 1
-
-
-@contextmanager
-def started(ini: Path, env: dict[str, str], directory: Path, *args: str) -> Iterator[Worker]:
-    """``host celeryd`` started without waiting for it to be ready; SIGTERM and wait afterwards."""
-    log_path = directory / f"worker-{uuid.uuid4().hex[:8]}.log"
-    node = f"test-{uuid.uuid4().hex[:12]}@%h"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [HOST, "celeryd", "--config", str(ini), "--", "-n", node, "-c", "1", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=directory,
-            start_new_session=True,
-        )
-    worker = Worker(ini, log_path, process, env)
-    try:
-        yield worker
-    finally:
-        if process.poll() is None:
-            try:
-                worker.terminate()
-            finally:
-                if process.poll() is None:
-                    worker.kill()
 
 
 @pytest.mark.redis
@@ -240,7 +213,7 @@ def test_a_worker_that_stops_on_an_error_exits_1(tmp_path: Path) -> None:
     )
     ini = write_ini(tmp_path, ini_text)
     site = install_faults(tmp_path)
-    with started(ini, host_env(pythonpath=[site.path, TESTS]), tmp_path) as worker:
+    with started_worker(ini, host_env(pythonpath=[site.path, TESTS]), tmp_path, ["-c", "1"]) as worker:
         status = worker.process.wait(timeout=120)
     assert status == 1, worker.failure_details()
     masked = re.escape(f"amqp://guest:**@127.0.0.1:{port}//")

@@ -30,14 +30,16 @@ from pathlib import Path
 import importlib_metadata
 import pytest
 
-from core.celery_app import HostCelery, configure_app
+from core.celery_app import HostCelery
+from core.cli.worker import site_queues
 from core.config import HostConfig, load_config, plugin_names
 from core.discovery import discover
 from core.errors import ConfigError, ExtensionError, PluginError
-from core.settings import queue_name, queue_prefix, site_queues
+from core.plugin_manager import HostPluginManager, make_plugin_manager
+from core.plugin_options import env_var, read_options
+from core.settings import queue_name, queue_prefix
+from core.startup import configure_app
 from plugins import plugin_config
-from plugins.manager import HostPluginManager, make_plugin_manager
-from plugins.options import env_var, read_options
 from tests.conftest import ROOT, Site, write_ini
 from tests.worker import host, host_env
 
@@ -1071,9 +1073,11 @@ def test_hook_host_beat_schedule_entry_without_a_schedule(
 def test_site_queues_prefixes_the_queues_given_to_the_worker(
     tmp_path: Path, args: list[str], expected: list[str]
 ) -> None:
-    assert site_queues(args, config(tmp_path, "host.site_id = shop")) == expected
+    shop = config(tmp_path, "host.site_id = shop")
+    assert site_queues(args, lambda name: queue_name(shop, name)) == expected
     # Without a site id, nothing changes.
-    assert site_queues(tuple(args), config(tmp_path)) == args
+    plain = config(tmp_path)
+    assert site_queues(tuple(args), lambda name: queue_name(plain, name)) == args
 
 
 @pytest.mark.parametrize(

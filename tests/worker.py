@@ -153,8 +153,15 @@ def running_worker(
     stop is killed with its pool and the test fails.
     """
     ini = write_ini(directory, ini_text)
+    with started_worker(ini, host_env(env, pythonpath), directory, args) as worker:
+        worker.wait_for_log(READY, timeout=ready_timeout)
+        yield worker
+
+
+@contextmanager
+def started_worker(ini: Path, env: dict[str, str], directory: Path, args: Sequence[str]) -> Iterator[Worker]:
+    """``host celeryd`` on ``ini``, not waited for: it may be waiting for a broker. Stopped as above."""
     log_path = directory / f"worker-{uuid.uuid4().hex[:8]}.log"
-    full_env = host_env(env, pythonpath)
     node = f"test-{uuid.uuid4().hex[:12]}@%h"
     command = [HOST, "celeryd", "--config", str(ini), "--", "-n", node, *args]
     with log_path.open("wb") as log:
@@ -163,13 +170,12 @@ def running_worker(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=full_env,
+            env=env,
             cwd=directory,
             start_new_session=True,
         )
-    worker = Worker(ini, log_path, process, full_env)
+    worker = Worker(ini, log_path, process, env)
     try:
-        worker.wait_for_log(READY, timeout=ready_timeout)
         yield worker
     finally:
         if process.poll() is None:

@@ -1,7 +1,6 @@
-"""``host doctor``: every check that needs no running worker, one line per problem.
+"""Health checks: everything that needs no running worker, one :class:`Check` per line.
 
-The checks run in order, and a check whose input is missing (no valid
-configuration, say) is skipped rather than failing again:
+:func:`core.startup.diagnose` runs them in this order (``host doctor``):
 
 1. the configuration file validates (keys, types, URLs, logging);
 2. every enabled plugin loads, and its options validate;
@@ -25,11 +24,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.errors import ConfigError, ExtensionError, HostError
+from core.config import APP_SECTION
+from core.errors import ExtensionError, HostError
 
 if TYPE_CHECKING:
-    from core.celery_app import HostCelery
+    from core.app import HostCelery
     from core.config import HostConfig
+    from core.discovery import Discovery
+    from core.plugin_manager import HostPluginManager
 
 #: Seconds a service gets to answer.
 TIMEOUT = 3.0
@@ -66,39 +68,18 @@ def exit_status(checks: list[Check]) -> int:
     return 1 if all(c.service for c in failed) else 2
 
 
-def run(config_path: str | None, timeout: float = TIMEOUT) -> Iterator[Check]:
-    """Yield each check as it completes."""
-    from core.celery_app import celery, configure_app, load_plugins
-    from core.config import configure_logging, load_config
-    from core.discovery import discover
-
-    try:
-        config = load_config(config_path)
-        configure_logging(config)
-    except HostError as e:
-        yield from_error("config", e)
-        return
-    yield Check("config", True, f"{config.path} is valid")
-    try:
-        pm = load_plugins(config)
-    except ConfigError as e:
-        yield from_error("plugin options", e)
-        return
-    try:
-        app = configure_app(celery, config, pm, strict=False)
-    except HostError as e:
-        yield from_error("config", e)
-        return
-    # The commands plugins add, checked as `host` would load them: a clash is an error.
-    from core.cli import cli, register_plugin_commands
-
-    register_plugin_commands(pm, reserved=set(cli.commands))
+def plugin_checks(pm: HostPluginManager, reserved: set[str]) -> Iterator[Check]:
+    """Every enabled plugin loaded; the commands they add take none of the ``reserved`` names."""
+    pm.commands(reserved)
     for plugin_error in pm.errors:
         yield from_error(f"plugin {plugin_error.plugin}", plugin_error)
     if not pm.errors:
         names = ", ".join(p.label for p in pm.active) or "none enabled"
         yield Check("plugins", True, names)
-    found = discover(app, config, plugin_manager=pm)
+
+
+def extension_checks(found: Discovery) -> Iterator[Check]:
+    """Every task extension loaded, and no task name is registered twice."""
     broken = [e for e in found.errors if not (isinstance(e, ExtensionError) and e.duplicate_task)]
     duplicates = [e for e in found.errors if isinstance(e, ExtensionError) and e.duplicate_task]
     for error in broken:
@@ -111,16 +92,18 @@ def run(config_path: str | None, timeout: float = TIMEOUT) -> Iterator[Check]:
         yield from_error(f"task {getattr(error, 'duplicate_task', '?')}", error)
     if not duplicates:
         yield Check("task names", True, "no name is registered twice")
-    # Celery's own tasks (celery.backend_cleanup...) are valid beat entries too.
-    yield from _beat_checks(app, set(found.task_names) | set(app.tasks))
-    yield from _outage_checks(app)
+
+
+def service_checks(app: HostCelery, config: HostConfig, timeout: float) -> Iterator[Check]:
+    """The broker, and the result store where it is Redis or a database, answer."""
     yield _broker_check(app, config, timeout)
     backend = _backend_check(app, config, timeout)
     if backend is not None:
         yield backend
 
 
-def _beat_checks(app: HostCelery, tasks: set[str]) -> Iterator[Check]:
+def beat_checks(app: HostCelery, tasks: set[str]) -> Iterator[Check]:
+    """Every periodic entry names a task that exists (Celery's own tasks count)."""
     schedule = app.conf.beat_schedule or {}
     unknown = {name: entry["task"] for name, entry in schedule.items() if entry.get("task") not in tasks}
     for name, task in unknown.items():
@@ -134,7 +117,7 @@ def _beat_checks(app: HostCelery, tasks: set[str]) -> Iterator[Check]:
         yield Check("beat schedule", True, f"{_count(schedule, 'entry', 'entries')}, every task exists")
 
 
-def _outage_checks(app: HostCelery) -> Iterator[Check]:
+def outage_checks(app: HostCelery) -> Iterator[Check]:
     """Settings with which a broker outage would end the workers instead of being waited out."""
     conf = app.conf
     fix = "leave it empty: workers then retry for as long as it takes"
@@ -222,8 +205,13 @@ def _service(what: str, url: str, probe: Callable[[], Any], fix: str) -> Check:
 
 
 def _fix(config: HostConfig, key: str, action: str) -> str:
-    source = config.sources.get(f"celery.{key}", "default")
-    where = source[len("env ") :] if source.startswith("env ") else f"celery.{key} in {config.path}"
+    name = f"celery.{key}"
+    source = config.sources.get(name, "default")
+    where = (
+        source[len("env ") :]
+        if source.startswith("env ")
+        else f"{name} in {config.origin(APP_SECTION, name)}"
+    )
     return f"{action}, or correct {where}"
 
 

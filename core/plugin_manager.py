@@ -12,23 +12,45 @@ command decides (``host.extensions.on_error``) whether that stops it.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import importlib
+import re
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
-import importlib_metadata
 import pluggy
 
-from core.discovery import describe, exception_text, explain_import_error, normalize
+from core.entrypoints import (
+    HOST_GROUPS,
+    PLUGIN_GROUP,
+    Installed,
+    describe,
+    identified,
+    installed_entry_points,
+)
 from core.errors import PluginError
+from core.errors_text import exception_text, explain_import_error
+from core.options import BadDeclaration, Option, declarer
 from plugins import hookspecs
 
-GROUP = "host.plugins"
+GROUP = PLUGIN_GROUP
 HOOK_PREFIX = "host_"
+
+#: The manager whose hooks are being called, in this thread or task: a hook
+#: that reads its options (``plugins.plugin_config``) reads this manager's,
+#: without configuring an app in the middle of configuring one.
+_calling: ContextVar[HostPluginManager | None] = ContextVar("host_plugins_calling", default=None)
+
+
+def calling() -> HostPluginManager | None:
+    """The manager calling a hook right now, if any."""
+    return _calling.get()
 
 
 @dataclass
@@ -99,6 +121,11 @@ class HostPluginManager(pluggy.PluginManager):
         self.option_sources: dict[str, dict[str, str]] = {}
         #: The position of each enabled name in ``host.plugins``.
         self.order: dict[str, int] = {}
+        #: The installed entry points of every host group, by group, as found when
+        #: the plugins were loaded (None when the caller named the entry points).
+        #: Discovery goes through the same ones: one scan of the installed
+        #: distributions serves both.
+        self.installed: dict[str, list[Installed]] | None = None
 
     @property
     def active(self) -> list[Plugin]:
@@ -135,13 +162,135 @@ class HostPluginManager(pluggy.PluginManager):
 
     def call_one(self, plugin: Plugin, hook: str, **kwargs: Any) -> Any:
         """Call one plugin's implementation of ``hook``; exceptions propagate."""
-        return self.caller(plugin, hook)(**kwargs)
+        token = _calling.set(self)
+        try:
+            return self.caller(plugin, hook)(**kwargs)
+        finally:
+            _calling.reset(token)
 
     def caller(self, plugin: Plugin, hook: str) -> Callable[..., Any]:
         """A hook caller reaching only ``plugin`` (pluggy's subset caller)."""
         others = [p.obj for p in self.active if p is not plugin]
         caller = self.subset_hook_caller(hook, remove_plugins=others)
         return lambda **kwargs: _single(caller(**kwargs))
+
+    # -- what the plugins contribute: each hook's result checked and recorded here --
+
+    def queues(self) -> tuple[dict[str, list[str]], dict[str, tuple[str, str]]]:
+        """Every plugin's queues, and the routes ``{pattern: (queue, plugin)}`` they ask for.
+
+        Two plugins routing the same pattern to different queues is an error of
+        the second one.
+        """
+        queues: dict[str, list[str]] = {}
+        routes: dict[str, tuple[str, str]] = {}
+        for plugin, declared in self.call_each("host_queues"):
+            if declared is None:
+                continue
+            checked = _checked_queues(declared)
+            if checked is None:
+                self.returned(
+                    plugin, "host_queues", declared, "a mapping of queue names to lists of task names"
+                )
+                continue
+            clash = next(
+                (
+                    (p, routes[p])
+                    for q, ps in checked.items()
+                    for p in ps
+                    if p in routes and routes[p][0] != q
+                ),
+                None,
+            )
+            if clash:
+                pattern, (queue, owner) = clash
+                message = (
+                    f"routes {pattern!r} to a queue, but plugin {owner!r} already routes it to {queue!r}"
+                )
+                self.fail(plugin, plugin.error_for(message, hint="route each task name from one plugin only"))
+                continue
+            plugin.queues = checked
+            for queue, patterns in checked.items():
+                queues.setdefault(queue, [])
+                for pattern in patterns:
+                    if pattern not in routes:
+                        queues[queue].append(pattern)
+                        routes[pattern] = (queue, plugin.name)
+        return queues, routes
+
+    def beat_entries(self) -> dict[str, dict[str, Any]]:
+        """Every plugin's periodic entries; on a name clash the first plugin's."""
+        schedule: dict[str, dict[str, Any]] = {}
+        for plugin, entries in self.call_each("host_beat_schedule"):
+            if entries is None:
+                continue
+            if not _valid_schedule(entries):
+                expected = 'a mapping of entry names to {"task": ..., "schedule": ...}'
+                self.returned(plugin, "host_beat_schedule", entries, expected)
+                continue
+            plugin.beat = list(entries)
+            for name, entry in entries.items():
+                schedule.setdefault(name, dict(entry))
+        return schedule
+
+    def adjust_settings(self, settings: MutableMapping[str, Any], host_config: Any) -> dict[str, str]:
+        """Let each plugin's ``host_celery_config`` change ``settings``; return which it changed.
+
+        A plugin that raises leaves ``settings`` as it found them: half a
+        change is worse than none.
+        """
+        changed_by: dict[str, str] = {}
+        for plugin in self.implementing("host_celery_config"):
+            before = copy.deepcopy(dict(settings))
+            try:
+                self.call_one(plugin, "host_celery_config", config=settings, host_config=host_config)
+            except Exception as e:
+                settings.clear()
+                settings.update(before)
+                self.raised(plugin, "host_celery_config", e)
+                continue
+            for key in set(settings) | set(before):
+                if settings.get(key, _MISSING) != before.get(key, _MISSING):
+                    changed_by[key] = f"plugin {plugin.name}"
+        return changed_by
+
+    def option_declarations(self) -> dict[str, dict[str, Option]]:
+        """Every plugin's declared options, by plugin; a bad declaration fails that plugin."""
+        declared: dict[str, dict[str, Option]] = {}
+        for plugin in self.implementing("host_config_declarations"):
+            options: dict[str, Option] = {}
+            try:
+                self.call_one(plugin, "host_config_declarations", declare=declarer(options))
+            except BadDeclaration as e:
+                hint = "see host_config_declarations in docs/plugins.md"
+                self.fail(plugin, plugin.error_for(str(e), hint=hint))
+                continue
+            except Exception as e:
+                self.raised(plugin, "host_config_declarations", e)
+                continue
+            declared[plugin.name] = options
+        return declared
+
+    def commands(self, reserved: set[str]) -> dict[str, Any]:
+        """The click commands the plugins add, each on a group of its own; a taken name fails the plugin."""
+        import click
+
+        commands: dict[str, Any] = {}
+        for plugin in self.implementing("host_register_commands"):
+            group = click.Group()
+            try:
+                self.call_one(plugin, "host_register_commands", cli=group)
+            except Exception as e:
+                self.raised(plugin, "host_register_commands", e)
+                continue
+            taken = sorted(set(group.commands) & (reserved | set(commands)))
+            if taken:
+                message = f"adds the command {taken[0]!r}, which host already has"
+                self.fail(plugin, plugin.error_for(message, hint="give the plugin's command another name"))
+                continue
+            plugin.commands = sorted(group.commands)
+            commands.update(group.commands)
+        return commands
 
     def raised(self, plugin: Plugin, hook: str, e: Exception) -> None:
         """``plugin``'s ``hook`` raised ``e``: record it, naming where it was raised."""
@@ -159,6 +308,36 @@ class HostPluginManager(pluggy.PluginManager):
         plugin.error = error
         if plugin.obj is not None and self.is_registered(plugin.obj):
             self.unregister(plugin.obj)
+
+
+_MISSING = object()
+_QUEUE_NAME = re.compile(r"^[^\s,]+$")
+
+
+def _checked_queues(declared: Any) -> dict[str, list[str]] | None:
+    if not isinstance(declared, Mapping):
+        return None
+    checked = {}
+    for queue, patterns in declared.items():
+        if not isinstance(queue, str) or not _QUEUE_NAME.match(queue):
+            return None
+        if isinstance(patterns, str) or not isinstance(patterns, Iterable):
+            return None
+        patterns = list(patterns)
+        if not all(isinstance(p, str) and p for p in patterns):
+            return None
+        checked[queue] = patterns
+    return checked
+
+
+def _valid_schedule(entries: Any) -> bool:
+    return isinstance(entries, Mapping) and all(
+        isinstance(name, str)
+        and isinstance(entry, Mapping)
+        and isinstance(entry.get("task"), str)
+        and entry.get("schedule") is not None
+        for name, entry in entries.items()
+    )
 
 
 def _single(results: list[Any]) -> Any:
@@ -179,27 +358,36 @@ def _fix(plugin: Plugin) -> str:
 # -- loading ----------------------------------------------------------------------
 
 
-def plugin_entry_points() -> list[importlib_metadata.EntryPoint]:
+def plugin_entry_points() -> list[metadata.EntryPoint]:
     """The installed ``host.plugins`` entry points, in a stable order."""
-    eps = importlib_metadata.entry_points(group=GROUP)
-    return sorted(eps, key=lambda ep: (ep.name, normalize(ep.dist.name if ep.dist else "")))
+    return [item.entry_point for item in _sorted(installed_entry_points([GROUP])[GROUP])]
+
+
+def _sorted(found: Iterable[Installed]) -> list[Installed]:
+    return sorted(found, key=lambda item: (item.entry_point.name, item.sort_name))
 
 
 def make_plugin_manager(
-    names: Sequence[str], entry_points: Iterable[importlib_metadata.EntryPoint] | None = None
+    names: Sequence[str], entry_points: Iterable[metadata.EntryPoint] | None = None
 ) -> HostPluginManager:
     """A fresh manager with the plugins ``names`` enables loaded and registered.
 
     :param names: the plugin names, in order (``host.plugins``).
-    :param entry_points: for tests; default: the installed ``host.plugins`` ones.
+    :param entry_points: for tests; default: the installed ``host.plugins`` ones,
+        found in one scan with every other host group (kept in ``pm.installed``).
     """
     pm = HostPluginManager()
     pm.order = {name: i for i, name in enumerate(names)}
-    installed: dict[str, list[importlib_metadata.EntryPoint]] = {}
-    for ep in plugin_entry_points() if entry_points is None else entry_points:
-        installed.setdefault(ep.name, []).append(ep)
-    for name, eps in installed.items():
-        pm.records.append(_record(name, eps[0], enabled=name in pm.order))
+    if entry_points is None:
+        pm.installed = installed_entry_points(HOST_GROUPS)
+        found = _sorted(pm.installed[GROUP])
+    else:
+        found = identified(entry_points)
+    installed: dict[str, list[Installed]] = {}
+    for item in found:
+        installed.setdefault(item.entry_point.name, []).append(item)
+    for name, items in installed.items():
+        pm.records.append(_record(name, items[0], enabled=name in pm.order))
     wanted = list(dict.fromkeys(names))
     for name in wanted:
         plugin = pm.record(name)
@@ -212,17 +400,16 @@ def make_plugin_manager(
     for name in reversed(wanted):
         plugin = pm.record(name)
         if plugin is not None and plugin.error is None:
-            _load(pm, plugin, installed[name][0])
+            _load(pm, plugin, installed[name][0].entry_point)
     return pm
 
 
-def _record(name: str, ep: importlib_metadata.EntryPoint, enabled: bool) -> Plugin:
-    dist = ep.dist
+def _record(name: str, item: Installed, enabled: bool) -> Plugin:
     return Plugin(
         name,
-        distribution=dist.name if dist is not None else "(unknown distribution)",
-        version=dist.version if dist is not None else "?",
-        entry_point=describe(ep),
+        distribution=item.distribution,
+        version=item.version,
+        entry_point=describe(item.entry_point),
         enabled=enabled,
     )
 
@@ -243,15 +430,18 @@ def _not_installed(name: str, installed: list[str]) -> Plugin:
     return plugin
 
 
-def _provided_twice(plugin: Plugin, eps: list[importlib_metadata.EntryPoint]) -> PluginError:
-    sources = " and ".join(f"{ep.dist.name if ep.dist else '?'} ({describe(ep)})" for ep in eps)
+def _provided_twice(plugin: Plugin, items: list[Installed]) -> PluginError:
+    sources = " and ".join(
+        f"{item.distribution if item.entry_point.dist else '?'} ({describe(item.entry_point)})"
+        for item in items
+    )
     return plugin.error_for(
         f"the plugin name is provided twice: by {sources}",
         hint="uninstall one of the distributions",
     )
 
 
-def _load(pm: HostPluginManager, plugin: Plugin, ep: importlib_metadata.EntryPoint) -> None:
+def _load(pm: HostPluginManager, plugin: Plugin, ep: metadata.EntryPoint) -> None:
     # The module is imported on its own first, so that an AttributeError raised
     # inside it reads as "broken", and only a missing attribute as "has no NAME".
     try:
@@ -290,7 +480,7 @@ def _load(pm: HostPluginManager, plugin: Plugin, ep: importlib_metadata.EntryPoi
         pm.fail(plugin, _unknown_hook(plugin, unknown[0], pm))
 
 
-def _import_failure(plugin: Plugin, ep: importlib_metadata.EntryPoint, e: Exception) -> PluginError:
+def _import_failure(plugin: Plugin, ep: metadata.EntryPoint, e: Exception) -> PluginError:
     module = ep.module
     cause, not_installed = explain_import_error(e, module)
     if not_installed:

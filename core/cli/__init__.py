@@ -1,0 +1,25 @@
+"""The ``host`` command: one module per group of commands.
+
+* :mod:`core.cli.worker` -- ``celeryd``, ``celerybeat``;
+* :mod:`core.cli.send` -- ``send``, ``result``;
+* :mod:`core.cli.info` -- ``tasks``, ``plugins``, ``config show``, ``doctor``;
+* :mod:`core.cli.deploy` -- ``supervisor``.
+
+A command parses its options, calls one function of :mod:`core.startup` or
+the domain, and renders what it gets (:mod:`core.cli.render`).
+"""
+
+from __future__ import annotations
+
+from core.cli import deploy, info, send, worker
+from core.cli.base import cli
+
+__all__ = ["cli", "main"]
+
+for _module in (worker, send, info, deploy):
+    for _command in _module.COMMANDS:
+        cli.add_command(_command)
+
+
+def main() -> None:
+    cli(prog_name="host")

@@ -1,0 +1,100 @@
+"""Plugin options: declared by ``host_config_declarations``, read from ``[plugin:NAME]``.
+
+Each enabled plugin declares its options (name, type, default, help). Its
+section of the ini is then validated like ``[app:main]``: an unknown key or a
+value of the wrong type is a :class:`~core.errors.ConfigError` naming the
+file, the section and the key. ``HOST_PLUGIN_<NAME>_<OPTION>`` in the
+environment overrides the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+from core.config import ENVIRONMENT, PLUGIN_ENV_PREFIX, HostConfig, plugin_section_name, suggest
+from core.errors import ConfigError
+from core.options import Option
+from core.plugin_manager import HostPluginManager, Plugin
+
+
+def read_options(pm: HostPluginManager, config: HostConfig) -> None:
+    """Validate each active plugin's section and environment into ``pm.options``.
+
+    :raises ConfigError: for an unknown key, a wrong type, a value not among
+        the choices, or a required option that is missing.
+    """
+    declared = pm.option_declarations()
+    _check_environment(pm, declared, config)
+    for plugin in pm.active:
+        sources = pm.option_sources[plugin.name] = {}
+        pm.options[plugin.name] = _read_plugin(plugin, declared.get(plugin.name, {}), config, sources)
+
+
+def _check_environment(
+    pm: HostPluginManager, declared: dict[str, dict[str, Option]], config: HostConfig
+) -> None:
+    """A ``HOST_PLUGIN_<NAME>_...`` variable of an active plugin must name one of its options."""
+    known = {env_var(p.name, o) for p in pm.active for o in declared.get(p.name, {})}
+    for plugin in pm.active:
+        prefix = env_var(plugin.name, "")
+        options = {env_var(plugin.name, o): o for o in declared.get(plugin.name, {})}
+        for var in sorted(config.plugin_environ):
+            if var.startswith(prefix) and var not in known:
+                raise ConfigError(
+                    f"unknown option of plugin {plugin.label} in the environment",
+                    path=ENVIRONMENT,
+                    key=var,
+                    hint=suggest(var, options, render=str)
+                    if options
+                    else "the plugin declares no options: unset the variable",
+                )
+
+
+def env_var(plugin: str, option: str) -> str:
+    """``example``, ``greeting`` -> ``HOST_PLUGIN_EXAMPLE_GREETING``."""
+    return PLUGIN_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", f"{plugin}_{option}").upper()
+
+
+def _read_plugin(
+    plugin: Plugin, options: dict[str, Option], config: HostConfig, sources: dict[str, str]
+) -> dict[str, Any]:
+    section = plugin_section_name(plugin.name)
+    values: dict[str, Any] = {}
+    for key, raw in config.plugin_section(plugin.name).items():
+        path = str(config.origin(section, key))  # the file the key was written in (``use =``)
+        option = options.get(key)
+        if option is None:
+            raise ConfigError(
+                f"unknown option of plugin {plugin.label}",
+                path=path,
+                section=section,
+                key=key,
+                hint=suggest(key, options, render=str)
+                if options
+                else f"the plugin declares no options: remove the section [{section}]",
+            )
+        values[key] = option.convert(raw, path=path, section=section, key=key)
+        sources[key] = config.file_source(section, key)
+    for option in options.values():
+        var = env_var(plugin.name, option.name)
+        if var in config.plugin_environ:
+            values[option.name] = option.convert(
+                config.plugin_environ[var], path=ENVIRONMENT, section=None, key=var
+            )
+            sources[option.name] = f"env {var}"
+    for option in options.values():
+        if option.name in values:
+            continue
+        if option.required:
+            raise ConfigError(
+                f"plugin {plugin.label} needs this option",
+                path=str(config.path),
+                section=section,
+                key=option.name,
+                hint=f"set it in [{section}] or as {env_var(plugin.name, option.name)}"
+                + (f" ({option.help})" if option.help else ""),
+            )
+        values[option.name] = copy.deepcopy(option.default)
+    return values

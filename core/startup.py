@@ -1,0 +1,271 @@
+"""Start-up: the one path from an ini file to a configured app and its tasks.
+
+    ini --> config --> plugins --> settings --> app --> discovery
+    load_config   load_plugins  celery_settings  configure_app  discover
+
+Every command, ``host doctor``, the lazy ``$HOST_CONFIG`` path, ``bench/`` and
+the tests take this path, through :class:`Host` (each step built once, when
+first used) or :func:`configure`; nothing else wires it. A step that fails
+raises a :class:`~core.errors.HostError` naming the file, section and key, or
+the plugin or extension; :func:`diagnose` runs the same steps and reports each
+problem instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.config import APP_SECTION, HostConfig, configure_logging, load_config
+from core.errors import ConfigError, ExtensionError, HostError, combine
+
+if TYPE_CHECKING:
+    from core.app import HostCelery
+    from core.discovery import Discovery
+    from core.health import Check
+    from core.plugin_manager import HostPluginManager
+
+logger = logging.getLogger("host")
+
+Warn = Callable[[str], None]
+
+
+class Host:
+    """The configuration, plugins, app and tasks of one command, each built once when first used.
+
+    :param app: the app to configure (the shared one, :data:`core.celery_app.celery`).
+    :param strict: apply ``host.extensions.on_error`` (stop on a broken plugin
+        or extension unless it is ``warn``); ``host tasks``, ``host plugins``
+        and ``host doctor`` show every problem instead.
+    :param warn: shows a skipped plugin or extension (default: the ``host`` logger).
+    """
+
+    def __init__(
+        self, app: HostCelery, config_path: str | None, *, strict: bool = True, warn: Warn | None = None
+    ) -> None:
+        self._app, self.config_path, self.strict, self.warn = app, config_path, strict, warn
+
+    @cached_property
+    def config(self) -> HostConfig:
+        return load_config(self.config_path)
+
+    @cached_property
+    def plugins(self) -> HostPluginManager:
+        return load_plugins(self.config)
+
+    @cached_property
+    def app(self) -> HostCelery:
+        return configure_app(self._app, self.config, self.plugins, strict=self.strict, warn=self.warn)
+
+    @cached_property
+    def discovery(self) -> Discovery:
+        from core.discovery import discover
+
+        return discover(self.app, self.config, plugin_manager=self.plugins)
+
+    def setup_logging(self) -> None:
+        configure_logging(self.config)
+
+    def refuse_root(self, what: str) -> None:
+        """A worker or beat runs code that messages name: never as root, unless the ini says so."""
+        if os.geteuid() == 0 and not self.config.host["allow_root"]:
+            raise ConfigError(
+                f"refusing to start {what} as root: its tasks would run with every privilege of the "
+                "machine, and a task message is input from the network",
+                path=str(self.config.path),
+                section=APP_SECTION,
+                key="host.allow_root",
+                hint="run it as an unprivileged user (supervisor: user=, `host supervisor --user`), "
+                "or, for a throw-away container, set host.allow_root = true (or HOST_ALLOW_ROOT=true)",
+            )
+
+    def tasks_or_fail(self) -> Discovery:
+        """Discovery, failing (exit 2) on any broken extension unless on_error = warn.
+
+        The modules found are included in the app's configuration, so that
+        the worker's pool processes import them too.
+        """
+        found = self.discovery
+        enforce(found.errors, self.config, self.warn)
+        include = self.app.conf.include or ()
+        self.app.conf.include = list(dict.fromkeys([*include, *found.modules]))
+        return found
+
+    def known_tasks(self) -> list[str]:
+        """Every task name a worker on this configuration runs, Celery's own left out."""
+        found = self.discovery
+        return sorted(set(found.task_names) | {n for n in self.app.tasks if not n.startswith("celery.")})
+
+    def require_task(self, name: str) -> None:
+        """``name`` is a task the installed extensions provide; else an error with the closest names."""
+        from core.discovery import check_task_name
+
+        broken = [e.distribution for e in self.discovery.errors if isinstance(e, ExtensionError)]
+        check_task_name(name, self.known_tasks(), broken=broken)
+
+    def queue_name(self, name: str) -> str:
+        """The name on the broker of the queue plugins and ``-Q`` call ``name``."""
+        from core.settings import queue_name
+
+        return queue_name(self.config, name)
+
+    def unknown_beat_tasks(self) -> list[tuple[str, str]]:
+        """``(entry, task)`` for each periodic entry whose task no extension provides."""
+        schedule = self.app.conf.beat_schedule or {}
+        known = set(self.discovery.task_names) | set(self.app.tasks)
+        return [
+            (name, entry.get("task"))
+            for name, entry in sorted(schedule.items())
+            if entry.get("task") not in known
+        ]
+
+    def beat_schedule_folder(self) -> Path:
+        """The folder beat keeps its schedule file in, created; it must be writable."""
+        key = "celery.beat_schedule_filename"
+        folder = Path(self.config.path.parent, self.app.conf.beat_schedule_filename).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot create the folder {folder}: {e.strerror}",
+                path=str(self.config.origin(APP_SECTION, key)),
+                section=APP_SECTION,
+                key=key,
+                hint="create it, writable by the user beat runs as, or name another file",
+            ) from e
+        return folder
+
+
+def plugin_commands(config_path: str | None, reserved: set[str]) -> tuple[dict[str, Any], str | None]:
+    """The commands the enabled plugins add, and the first plugin problem, if any.
+
+    Only ``host.plugins`` is read, not the whole configuration, so that ``host
+    --help`` stays fast; a command that runs validates everything.
+
+    :raises HostError: when there is no configuration file.
+    """
+    from core.config import plugin_names
+    from core.plugin_manager import make_plugin_manager
+
+    names = plugin_names(config_path)
+    if not names:
+        return {}, None
+    pm = make_plugin_manager(names)
+    commands = pm.commands(reserved)
+    return commands, str(pm.errors[0]).splitlines()[0] if pm.errors else None
+
+
+def load_plugins(config: HostConfig) -> HostPluginManager:
+    """Load the plugins ``host.plugins`` names and read their ``[plugin:NAME]`` options.
+
+    A broken plugin is recorded on the manager, not raised; an invalid option is
+    a :class:`ConfigError`.
+    """
+    from core.plugin_manager import make_plugin_manager
+    from core.plugin_options import read_options
+
+    pm = make_plugin_manager(config.host["plugins"])
+    read_options(pm, config)
+    return pm
+
+
+def configure_app(
+    app: HostCelery,
+    config: HostConfig,
+    plugin_manager: HostPluginManager | None = None,
+    *,
+    strict: bool = True,
+    warn: Warn | None = None,
+    lazy: bool = False,
+) -> HostCelery:
+    """Apply a configuration and its plugins to an app: the one place settings reach ``app.conf``.
+
+    :param plugin_manager: the loaded plugins; default: load those the ini enables.
+    :param strict: apply ``host.extensions.on_error`` to broken plugins: raise
+        unless it is ``warn``. ``host plugins`` and ``host doctor`` pass False
+        and show the errors themselves.
+    :param warn: shows a skipped plugin's error (default: the ``host`` logger).
+    :param lazy: called from within Celery's first use of the configuration.
+    """
+    from core import signals
+    from core.settings import celery_settings
+    from core.urls import check_urls
+
+    pm = plugin_manager if plugin_manager is not None else load_plugins(config)
+    settings, changed_by = celery_settings(config, pm)
+    if strict:
+        enforce(pm.errors, config, warn)
+    check_urls(config, settings, changed_by)
+    app.host_config, app.host_plugins, app.host_changed_by = config, pm, changed_by
+    # Within on_configure, Celery is reading the configuration: force=True would recurse.
+    app.config_from_object(settings, force=not lazy)
+    signals.connect(app, pm)
+    return app
+
+
+def enforce(errors: Sequence[HostError], config: HostConfig, warn: Warn | None = None) -> None:
+    """Stop on broken extensions or plugins, unless ``host.extensions.on_error = warn``."""
+    if not errors:
+        return
+    if config.host["extensions.on_error"] != "warn":
+        raise combine(errors)
+    for error in errors:
+        (warn or logger.warning)(f"skipped: {error}")
+
+
+def configure(app: HostCelery, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> HostCelery:
+    """Configure ``app`` from an ini file; for processes that send tasks.
+
+    :param path: the ini file; ``None`` means ``$HOST_CONFIG`` or ./development.ini.
+    :param kwargs: passed to :func:`core.config.load_config` (``environ``).
+    """
+    return configure_app(app, load_config(path, **kwargs))
+
+
+def configure_from_environment(app: HostCelery) -> HostConfig:
+    """The lazy path: Celery needs the settings and nothing configured the app."""
+    config = load_config(None, os.environ)
+    configure_app(app, config, lazy=True)
+    return config
+
+
+def diagnose(app: HostCelery, config_path: str | None, timeout: float, commands: set[str]) -> Iterator[Check]:
+    """The start-up path, step by step, each problem reported instead of raised (``host doctor``).
+
+    A step whose input is missing (no valid configuration, say) is skipped
+    rather than failing again.
+
+    :param commands: the commands ``host`` has itself, which no plugin's command may take.
+    """
+    from core import health
+    from core.health import Check, from_error
+
+    try:
+        config = load_config(config_path)
+        configure_logging(config)
+    except HostError as e:
+        yield from_error("config", e)
+        return
+    yield Check("config", True, f"{config.path} is valid")
+    try:
+        pm = load_plugins(config)
+    except ConfigError as e:
+        yield from_error("plugin options", e)
+        return
+    try:
+        configure_app(app, config, pm, strict=False)
+    except HostError as e:
+        yield from_error("config", e)
+        return
+    from core.discovery import discover
+
+    yield from health.plugin_checks(pm, commands)
+    found = discover(app, config, plugin_manager=pm)
+    yield from health.extension_checks(found)
+    yield from health.beat_checks(app, set(found.task_names) | set(app.tasks))
+    yield from health.service_checks(app, config, timeout)
+    yield from health.outage_checks(app)
