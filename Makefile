@@ -9,8 +9,10 @@ CONFIG ?= development.ini
 run: $(VENV)/.installed  ## start a worker on development.ini (no server needed)
 	$(BIN)/host celeryd --config $(CONFIG)
 
+# One pytest-xdist process per core, a test module per process at a time (its worker
+# subprocesses and fixtures stay together); tests that stop a broker own theirs.
 test: $(VENV)/.installed-test  ## install what the tests need and run the whole suite
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-lint  ## ruff (lint and format), mypy, and the layers (import-linter)
 	$(BIN)/ruff check core plugins example_ext tests bench

@@ -25,7 +25,9 @@ setup(
     extras_require={
         "redis": ["redis>=5"],
         "flower": ["flower>=2"],
-        "test": ["pytest>=8", "hypothesis>=6", "redis>=5", "supervisor>=4.2"],
+        # pytest-xdist runs the suite's modules in parallel (make test): the suite starts
+        # real workers and brokers, and takes twice as long on one core.
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6", "redis>=5", "supervisor>=4.2"],
         # bench/ compares the host's discovery with stevedore and with pkg_resources
         # (what CKAN used; setuptools 81 removes it).
         "bench": ["stevedore>=5", "setuptools<81", "redis>=5"],
