@@ -35,10 +35,8 @@ def settings_for(ini: str) -> dict:
     setting left out: it is part of what the host costs.
     """
     from core.config import load_config
-    from core.settings import celery_settings
-    from core.startup import load_plugins
+    from core.startup import settings_for as host_settings
 
-    config = load_config(ini, environ={})
-    settings, _ = celery_settings(config, load_plugins(config))
+    settings = host_settings(load_config(ini, environ={}))
     settings.pop("worker_consumer", None)
     return json.loads(json.dumps(settings, default=str))

@@ -23,7 +23,7 @@ Sides (``--sides``, in this order each round, A B C D A B C D ...):
   the :class:`core.solo_ack.SoloAck` consumer step added (bench/solo_fixed_app.py);
 * ``host-fix``: ``host celeryd`` whose ``bench-tasks`` extension also adds the step
   to the host's app when its task module is imported, i.e. what the one line
-  in ``HostCelery.__init__`` would do (see bench/FINDINGS-solo.md);
+  in ``HostCelery.__init__`` would do (see bench/FINDINGS.md (row 1 solo));
 * ``plain-tick``, ``host-tick``: row 1's 10 ms heartbeat tick, for comparison;
 * ``plain-other``, ``plain-other-fix``: the plain app under another venv's
   Celery (``--other-celery PATH/bin/celery``), e.g. 5.6.3 with kombu 5.6.2.

@@ -49,7 +49,8 @@ class HostCelery(Celery):
     def configure_from_environment(self) -> HostConfig:
         """Configure from ``$HOST_CONFIG`` (else ./development.ini) unless already configured."""
         if self.host_config is None:
-            assert HostCelery.configure_lazily is not None, "import core.celery_app first"
+            if HostCelery.configure_lazily is None:
+                raise RuntimeError("import core.celery_app before using a HostCelery's configuration")
             HostCelery.configure_lazily(self)
         assert self.host_config is not None
         return self.host_config

@@ -73,7 +73,7 @@ CELERY_DEFAULTS: dict[str, Any] = {
     # and logged (core/result_store.py); without this, the first failed
     # attempt loses it.
     "result_backend_always_retry": True,
-    "result_backend_max_retries": 20,
+    "result_backend_max_retries": 20.0,  # a float, as Celery types it (float("inf") is its default)
 }
 
 

@@ -105,12 +105,11 @@ class HostConsumer(Consumer):  # type: ignore[misc]
         try:
             conn = conn.ensure_connection(unreachable, limit, callback=maybe_shutdown, **intervals)
         except Exception as e:  # kombu re-raises the last attempt's error as its OperationalError
-            logger.error(
-                "giving up on the broker at %s after %s attempts (celery.broker_connection_max_retries): %s",
-                url,
-                limit,
-                _one_line(e),
-            )
+            if limit is not None and failed >= limit:  # the first attempt, then ``limit`` retries
+                why = f"after {failed + 1} attempts (celery.broker_connection_max_retries = {limit})"
+            else:  # not an error kombu retries: a refused login, say
+                why = "at once: kombu does not retry this error"
+            logger.error("giving up on the broker at %s %s: %s", url, why, _one_line(e))
             raise
         self.first_connection_attempt = False
         if self._outage_since is not None:

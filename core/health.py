@@ -33,9 +33,6 @@ if TYPE_CHECKING:
     from core.discovery import Discovery
     from core.plugin_manager import HostPluginManager
 
-#: Seconds a service gets to answer.
-TIMEOUT = 3.0
-
 
 @dataclass
 class Check:

@@ -16,8 +16,13 @@ if TYPE_CHECKING:
     from core.plugin_manager import HostPluginManager
 
 
-def inventory(pm: HostPluginManager, found: Discovery) -> dict[str, list[dict[str, Any]]]:
-    """``{"plugins": [...], "task_extensions": [...]}``, ready for JSON."""
+def inventory(pm: HostPluginManager, found: Discovery, reserved: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """``{"plugins": [...], "task_extensions": [...]}``, ready for JSON.
+
+    :param reserved: the commands ``host`` has itself; a plugin's command that
+        takes one of those names is that plugin's error.
+    """
+    pm.commands(reserved)  # each plugin's record lists the commands it adds
     tasks_by_plugin: dict[str, list[str]] = {}
     errors_by_plugin: dict[str, str] = {}
     for ext in found.extensions:

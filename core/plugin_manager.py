@@ -358,11 +358,6 @@ def _fix(plugin: Plugin) -> str:
 # -- loading ----------------------------------------------------------------------
 
 
-def plugin_entry_points() -> list[metadata.EntryPoint]:
-    """The installed ``host.plugins`` entry points, in a stable order."""
-    return [item.entry_point for item in _sorted(installed_entry_points([GROUP])[GROUP])]
-
-
 def _sorted(found: Iterable[Installed]) -> list[Installed]:
     return sorted(found, key=lambda item: (item.entry_point.name, item.sort_name))
 

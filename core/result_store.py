@@ -10,8 +10,11 @@ Sending does not subscribe to the result.
     broker is up. The host skips it, as Celery itself does in processes where
     waiting would block: ``AsyncResult.get()`` subscribes when someone waits,
     and reads the stored result first, so a result that arrived in between is
-    not missed. Backends whose replies are messages (``rpc://``) must listen
-    before the task runs and are left alone.
+    not missed. Instead, at most every few seconds a send pings the store
+    (a short timeout), and says once, at WARNING, when it stops answering:
+    the task is sent, but its result cannot be awaited now; and once, at
+    INFO, when it answers again. Backends whose replies are messages
+    (``rpc://``) must listen before the task runs and are left alone.
 
 A result that cannot be stored is logged once.
     The worker retries storing it (``celery.result_backend_always_retry``,
@@ -24,6 +27,9 @@ A result that cannot be stored is logged once.
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from typing import Any
 
 from core.masking import mask_url
@@ -37,7 +43,7 @@ def guard(backend: Any) -> Any:
     from celery.backends.base import BaseKeyValueStoreBackend
 
     if isinstance(backend, AsyncBackendMixin) and isinstance(backend, BaseKeyValueStoreBackend):
-        backend.on_task_call = _no_subscription
+        backend.on_task_call = _Watch(backend)
     store = backend.store_result
 
     def store_result(task_id: str, result: Any, state: str, *args: Any, **kwargs: Any) -> Any:
@@ -53,8 +59,55 @@ def guard(backend: Any) -> Any:
     return backend
 
 
-def _no_subscription(producer: Any, task_id: str) -> None:
-    """Send without subscribing to the result; whoever waits subscribes."""
+class _Watch:
+    """A send's look at the result store, instead of a subscription: a ping every few seconds at most."""
+
+    #: Seconds between two pings, and how long one may take.
+    INTERVAL, TIMEOUT = 5.0, 0.25
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.url = mask_url(str(backend.app.conf.result_backend))
+        self.checked = -self.INTERVAL
+        self.down = False
+        self.lock = threading.Lock()
+        self.client: Any = None
+        self.pid = 0
+
+    def __call__(self, producer: Any, task_id: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if now - self.checked < self.INTERVAL:
+                return
+            self.checked = now
+        try:
+            self._ping()
+        except Exception as e:
+            if not self.down:
+                self.down = True
+                logger.warning(
+                    "the result store at %s does not answer (%s): tasks are still sent, but their results "
+                    "cannot be awaited until it answers; workers store them as soon as it does",
+                    self.url,
+                    " ".join(f"{type(e).__name__}: {e}".split()),
+                )
+        else:
+            if self.down:
+                self.down = False
+                logger.info("the result store at %s answers again", self.url)
+
+    def _ping(self) -> None:
+        if self.client is None or self.pid != os.getpid():  # a connection must not cross fork()
+            import redis
+
+            timeouts = {"socket_connect_timeout": self.TIMEOUT, "socket_timeout": self.TIMEOUT}
+            try:
+                self.client = redis.Redis(**{**self.backend.connparams, **timeouts})
+            except TypeError:  # not a single Redis server (Sentinel): no ping, sending as ever
+                self.checked = float("inf")
+                return
+            self.pid = os.getpid()
+        self.client.ping()
 
 
 def unreachable(backend: Any, error: BaseException) -> bool:

@@ -17,7 +17,7 @@ from celery import signals
 if TYPE_CHECKING:
     from celery import Celery
 
-    from plugins.manager import HostPluginManager, Plugin
+    from core.plugin_manager import HostPluginManager, Plugin
 
 logger = logging.getLogger("host.plugins")
 

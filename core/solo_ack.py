@@ -15,7 +15,7 @@ re-queued read runs from the ready set and finds a message already
 delivered, the task runs there and its ack is queued after the take. Once
 the acks of every message in the prefetch window are queued that way, the
 broker (late acks) has nothing more to send, the socket stays quiet, and the
-worker sleeps in ``epoll.poll`` with the acks unsent (bench/FINDINGS-solo.md).
+worker sleeps in ``epoll.poll`` with the acks unsent (bench/FINDINGS.md (row 1 solo)).
 
 :class:`SoloAck` is a consumer bootstep that, for the solo pool only, makes
 ``call_soon_ack`` run the ack at once when it is called on the thread that

@@ -146,17 +146,29 @@ def plugin_commands(config_path: str | None, reserved: set[str]) -> tuple[dict[s
     Only ``host.plugins`` is read, not the whole configuration, so that ``host
     --help`` stays fast; a command that runs validates everything.
 
-    :raises HostError: when there is no configuration file.
+    :raises HostError: when there is no configuration file (a broken one is a problem returned).
     """
-    from core.config import plugin_names
+    from core.config import plugin_names, resolve_config_path
     from core.plugin_manager import make_plugin_manager
 
-    names = plugin_names(config_path)
+    path = resolve_config_path(config_path, os.environ)
+    try:
+        names = plugin_names(path)
+    except HostError as e:  # a broken file: the commands that run say so in full
+        return {}, str(e).splitlines()[0]
     if not names:
         return {}, None
     pm = make_plugin_manager(names)
     commands = pm.commands(reserved)
     return commands, str(pm.errors[0]).splitlines()[0] if pm.errors else None
+
+
+def settings_for(config: HostConfig) -> dict[str, Any]:
+    """The Celery settings the host derives from ``config`` and its plugins, without an app (bench/)."""
+    from core.settings import celery_settings
+
+    settings, _ = celery_settings(config, load_plugins(config))
+    return settings
 
 
 def load_plugins(config: HostConfig) -> HostPluginManager:
@@ -183,6 +195,10 @@ def configure_app(
     lazy: bool = False,
 ) -> HostCelery:
     """Apply a configuration and its plugins to an app: the one place settings reach ``app.conf``.
+
+    (The one setting written later is ``include``: the task modules discovery
+    found, added by :meth:`Host.tasks_or_fail`, which needs the configured app
+    to find them.)
 
     :param plugin_manager: the loaded plugins; default: load those the ini enables.
     :param strict: apply ``host.extensions.on_error`` to broken plugins: raise

@@ -19,12 +19,7 @@ Every setting that matters for Celery is written with the reason for it:
     outage leaves every program RUNNING rather than FATAL.
 ``startsecs``
     a configuration error ends ``host celeryd`` with exit status 2 within a
-    few seconds; exiting inside ``autorestart=unexpected``, ``exitcodes=0``
-    ``host celeryd`` exits 0 only on a requested stop, which is left alone,
-    and 1 when it stopped on an error, which is restarted. A broker outage
-    does not end it (it reconnects for as long as it takes), so a long
-    outage leaves every program RUNNING rather than FATAL.
-``startsecs`` makes supervisor count a failed
+    few seconds; exiting inside ``startsecs`` makes supervisor count a failed
     start, and after ``startretries`` mark the program FATAL instead of
     restarting it forever.
 ``user``

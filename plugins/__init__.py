@@ -16,12 +16,14 @@ configuration.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from plugins.hookspecs import PROJECT
-from plugins.toolkit import host_config, plugin_config, send_many, send_task
+
+if TYPE_CHECKING:
+    from plugins.toolkit import host_config, plugin_config, send_many, send_task
 
 __all__ = ["celery", "host_config", "hookimpl", "plugin_config", "send_many", "send_task"]
 
@@ -29,8 +31,16 @@ __all__ = ["celery", "host_config", "hookimpl", "plugin_config", "send_many", "s
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
+_TOOLKIT = ("host_config", "plugin_config", "send_many", "send_task")
+
+
 def __getattr__(name: str) -> Any:
-    # Lazy, so that importing ``plugins`` does not import Celery.
+    # Lazy, so that importing ``plugins`` (or plugins.hookspecs, which the
+    # framework does) imports neither the toolkit nor Celery.
+    if name in _TOOLKIT:
+        from plugins import toolkit
+
+        return getattr(toolkit, name)
     if name == "celery":
         from core.celery_app import celery
 

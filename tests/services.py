@@ -7,9 +7,9 @@ so each outage test starts servers of its own on spare loopback ports:
 * :func:`rabbitmq_node` -- a second RabbitMQ node (``rabbitmq-server`` with
   a node name, ports and data folder of its own), stopped and started with
   ``rabbitmqctl -n NODE stop_app|start_app``, exactly what an operator runs;
-* :func:`redis_server` -- a ``redis-server`` on a spare port, stopped (saving
-  its data, as a restart of a persistent Redis does) and started again on the
-  same port with the same data.
+* :func:`redis_server` -- a ``redis-server`` on a spare port with an
+  append-only file, killed (SIGKILL) and started again on the same port with
+  the same data, as a persistent Redis is after a crash.
 
 Both are gone when the context ends, whatever happened; a stopped node is
 started again in a ``finally`` before it is shut down. Without ``CI=true`` a
@@ -148,8 +148,18 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        # Saves only when stopped (SHUTDOWN SAVE), and loads that file when started again.
-        options = ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
+        # Every write is on disk before Redis answers it (the append-only file,
+        # fsync always), so a SIGKILL loses nothing, and a start loads it again.
+        options = [
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            str(self.directory),
+        ]
         with (self.directory / "redis.log").open("ab") as log:
             self.process = subprocess.Popen(
                 [self.program, "--bind", "127.0.0.1", "--port", str(self.port), *options],
@@ -160,22 +170,8 @@ class RedisServer:
             )
         wait_until(lambda: answers(self.port), 60, f"redis-server on {self.port}")
 
-    def stop(self) -> None:
-        """Save and stop, as ``redis-cli shutdown save`` (a restart keeps what was stored)."""
-        import redis
-
-        client = redis.Redis(port=self.port)
-        try:
-            client.shutdown(save=True)
-        except redis.ConnectionError:
-            pass  # the server closes the connection as it exits
-        finally:
-            client.close()
-        if self.process is not None:
-            self.process.wait(timeout=60)
-            self.process = None
-
     def kill(self) -> None:
+        """SIGKILL: no goodbye to its clients; what it acknowledged is in its append-only file."""
         if self.process is not None:
             self.process.kill()
             self.process.wait(timeout=60)

@@ -84,11 +84,16 @@ def test_a_result_store_that_does_not_answer(tmp_path: Path) -> None:
     assert "s3cret" not in stderr
     status, stdout, stderr = run(tmp_path, ini, "result", "00000000-0000-0000-0000-000000000000")
     assert status == 1 and "the result store at redis://:**@" in stderr, stderr
-    # Sending without waiting does not touch the store: the worker stores the result.
+    # Sending without waiting is not held up by the store: the task is sent, one warning
+    # says its result cannot be awaited now, and the worker stores it when it can.
     status, stdout, stderr = run(tmp_path, ini, "send", "example.echo", '"x"')
     assert status == 0, stderr
     assert len(stdout.strip()) == 36  # the task id
-    assert stderr == ""
+    assert stderr == (
+        f"the result store at redis://:**@127.0.0.1:{port}/0 does not answer (ConnectionError: Error 111 "
+        f"connecting to 127.0.0.1:{port}. Connection refused.): tasks are still sent, but their results "
+        "cannot be awaited until it answers; workers store them as soon as it does\n"
+    )
 
 
 def test_waiting_without_a_result_backend(tmp_path: Path) -> None:
@@ -177,3 +182,11 @@ def test_broken_logging_sections_stop_tasks_and_celeryd(tmp_path: Path) -> None:
             f"Error: {tmp_path / 'test.ini'}: the logging sections are incomplete: "
             "nothing defines 'handler_console'\n"
         )
+
+
+def test_help_with_a_broken_ini_says_why_the_plugins_commands_are_missing(tmp_path: Path) -> None:
+    ini = write_ini(tmp_path, "[app:main\n")
+    done = host("--config", str(ini), "--help", env=host_env(), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Commands from plugins could not be listed:" in done.stdout
+    assert "File contains no section headers" in done.stdout

@@ -129,6 +129,7 @@ def test_a_worker_waits_out_a_broker_restart_and_runs_every_task(tmp_path: Path)
     assert "Unrecoverable error" not in log
 
 
+@pytest.mark.redis
 @pytest.mark.e2e
 def test_a_worker_started_before_the_broker_begins_consuming_once_it_answers(tmp_path: Path) -> None:
     with rabbitmq_node() as node, a_run(node.url) as run:
@@ -170,6 +171,8 @@ def test_a_minute_without_the_broker_leaves_every_supervised_program_running(tmp
 # -- exit statuses ------------------------------------------------------------------------
 
 
+@pytest.mark.rabbitmq
+@pytest.mark.redis
 @pytest.mark.e2e
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_requested_stop_exits_0(tmp_path: Path, sig: signal.Signals) -> None:
@@ -217,7 +220,7 @@ def test_a_worker_that_stops_on_an_error_exits_1(tmp_path: Path) -> None:
         status = worker.process.wait(timeout=120)
     assert status == 1, worker.failure_details()
     masked = re.escape(f"amqp://guest:**@127.0.0.1:{port}//")
-    assert re.search(rf"ERROR .*giving up on the broker at {masked} after 2 attempts", worker.log), worker.log
+    assert re.search(rf"ERROR .*giving up on the broker at {masked} after 3 attempts", worker.log), worker.log
     assert "s3cret" not in worker.log
 
 
@@ -229,6 +232,7 @@ def test_a_broken_ini_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.rabbitmq
 @pytest.mark.e2e
 def test_beat_exits_0_on_sigterm(tmp_path: Path) -> None:
     ini_text = production_ini(RABBITMQ_URL, REDIS_URL, "beat").replace(
@@ -303,7 +307,7 @@ def test_a_result_store_outage_loses_no_task_and_names_every_result_it_could_not
             tokens = [f"t{i}" for i in range(300)]
             ids = send_sleeps(worker.ini, worker.env, run, tokens, 0.05)
             wait_until(lambda: len(run.done()) >= 20, 120, "the first tasks", worker.failure_details)
-            store.stop()
+            store.kill()
             during = [f"during{i}" for i in range(40)]
             sent = subprocess.run(
                 [sys.executable, "-c", SENDER, str(worker.ini), run.key],
@@ -317,6 +321,8 @@ def test_a_result_store_outage_loses_no_task_and_names_every_result_it_could_not
             time.sleep(STORE_OUTAGE_SECONDS)
             store.start()
             assert sent.returncode == 0, sent.stderr
+            assert f"the result store at {store.url} does not answer" in sent.stderr, sent.stderr
+            assert "tasks are still sent, but their results cannot be awaited until it answers" in sent.stderr
             ids += sent.stdout.split()
             everything = tokens + during
             wait_until(

@@ -49,8 +49,7 @@ def plugins_command(config_path: str | None, as_json: bool) -> None:
     from core.inventory import inventory
 
     h = host(config_path, strict=False)
-    h.plugins.commands(reserved=set(cli.commands))
-    listing = inventory(h.plugins, h.discovery)
+    listing = inventory(h.plugins, h.discovery, reserved=set(cli.commands))
     click.echo(json.dumps(listing, indent=2) if as_json else render.inventory(listing))
     if any(item["error"] and item.get("enabled", True) for items in listing.values() for item in items):
         sys.exit(2)

@@ -29,14 +29,18 @@ def celeryd(config_path: str | None, worker_args: tuple[str, ...]) -> None:
     """
     if "--help" in worker_args:
         _celery_help("celeryd", "worker")
-    from core.collector import hold_collection
+    from core.collector import hold_collection, release_collection
     from core.runner import run_celery
 
     hold_collection()
     h = host(config_path)
-    h.setup_logging()
-    h.refuse_root("a worker")
-    found = h.tasks_or_fail()
+    try:
+        h.setup_logging()
+        h.refuse_root("a worker")
+        found = h.tasks_or_fail()
+    except BaseException:
+        release_collection()
+        raise
     click.echo(render.task_table(found.task_rows(), title="Tasks from installed extensions"), err=True)
     click.echo(render.plugins_line(h.plugins), err=True)
     argv = ["worker", *site_queues(worker_args, h.queue_name), *_default_loglevel(worker_args)]
