@@ -35,6 +35,7 @@ them back. Use RabbitMQ (``production.ini``) where that matters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -92,9 +93,35 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len(prefix) :])
 
 
+def private_file(path: Path) -> None:
+    """Create the store's folder (0700) and file (0600) if missing: readable by their owner only.
+
+    Whoever can read a store sees every task's arguments and results; whoever
+    can write to it can make a worker run a task. SQLite gives its ``-wal``
+    and ``-shm`` files the mode of the database file. Existing files are left
+    as they are: ``host doctor`` warns about them.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
+def loose_permissions(path: Path) -> list[str]:
+    """What others than the owner may do with the store's file and folder (empty: nothing)."""
+    found = []
+    for item, private in ((path.parent, 0o700), (path, 0o600)):
+        try:
+            mode = item.stat().st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if mode & ~private:
+            found.append(f"{item} is {mode:o} (should be {private:o})")
+    return found
+
+
 def connect(path: Path) -> sqlite3.Connection:
-    """Open a store in autocommit mode with WAL, creating its folder if needed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Open a store in autocommit mode with WAL, creating it (private) if needed."""
+    private_file(path)
     db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     # In WAL mode NORMAL is safe against application crashes; only an OS crash

@@ -35,7 +35,7 @@ from typing import Any
 from celery.backends.database import DatabaseBackend
 from celery.backends.database.session import SessionManager
 
-from core.embedded import BUSY_TIMEOUT, connect, sqlite_path
+from core.embedded import BUSY_TIMEOUT, connect, private_file, sqlite_path
 
 #: The longest nap between two looks at the store while waiting for a result.
 #: A look is one indexed SELECT (tens of microseconds), so waiting callers
@@ -106,7 +106,7 @@ class ResultBackend(DatabaseBackend):
     def __init__(self, *args: Any, url: str | None = None, **kwargs: Any) -> None:
         self._path = sqlite_path(url) if url else None
         if self._path is not None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self._path)  # before SQLAlchemy creates it with the default mode
         kwargs.setdefault("engine_callback", _tune_sqlite)
         super().__init__(*args, url=url, **kwargs)
         # The callback as Celery resolved it (it may have been given by name).

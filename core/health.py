@@ -9,8 +9,9 @@
 5. every periodic entry names a task that exists;
 6. the broker, and the result store where it is Redis or a database, answer
    within a short timeout;
-7. (a warning, not a failure) no setting would end the workers on a broker
-   outage instead of waiting it out.
+7. (warnings, not failures) no setting would end the workers on a broker
+   outage instead of waiting it out, and the embedded broker's and result
+   store's files are readable by their owner only.
 
 Problems of kinds 1-5 are configuration problems (exit status 2); a service
 that does not answer is exit status 1. Suitable as a health check for
@@ -189,6 +190,26 @@ def _backend_check(app: HostCelery, config: HostConfig, timeout: float) -> Check
     else:
         return None
     return _service("result store", mask_url(url), probe, _fix(config, "result_backend", "start it"))
+
+
+def store_permission_checks(app: HostCelery) -> Iterator[Check]:
+    """The embedded broker's and result store's files are their owner's alone (a warning when not).
+
+    Whoever can read them sees every task's arguments and results; whoever can
+    write to them can make a worker run a task.
+    """
+    from core.embedded import SCHEME, loose_permissions, sqlite_path
+
+    for what, url in (("broker", app.conf.broker_url), ("result store", app.conf.result_backend)):
+        url = str(url or "")
+        if not url.startswith(f"{SCHEME}+"):
+            continue
+        path = sqlite_path(url.partition("+")[2])
+        loose = loose_permissions(path)
+        if loose:
+            detail = f"{'; '.join(loose)}: others on this machine could read or change its tasks"
+            fix = f"chmod 700 {path.parent} && chmod 600 {path}*"
+            yield Check(f"embedded {what}", True, detail, fix, warning=True)
 
 
 def _service(what: str, url: str, probe: Callable[[], Any], fix: str) -> Check:

@@ -418,3 +418,25 @@ def test_result_of_an_id_the_store_does_not_know_names_both_causes(tmp_path: Pat
         "PENDING: the result store knows nothing of it: not started yet, an unknown"
     )
     assert "could not store the ... result of task ...[no-such-id]" in done.stdout
+
+
+def test_embedded_stores_are_their_owners_alone_and_doctor_says_when_not(tmp_path: Path) -> None:
+    ini = write_ini(
+        tmp_path,
+        "[app:main]\ncelery.broker_url = embedded+sqlite:///%(here)s/data/broker.sqlite\n"
+        "celery.result_backend = embedded+sqlite:///%(here)s/data/results.sqlite\n",
+    )
+    sent = host("send", "example.echo", '"x"', "--config", str(ini), env=host_env(), cwd=tmp_path)
+    assert sent.returncode == 0, sent.stderr  # the broker's store now exists
+    done = host("doctor", "--config", str(ini), env=host_env(), cwd=tmp_path)  # and the result store's
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = tmp_path / "data"
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [data, *data.glob("*.sqlite*")]}
+    assert modes["data"] == 0o700 and modes["broker.sqlite"] == modes["results.sqlite"] == 0o600, modes
+    assert not [line for line in done.stdout.splitlines() if line.startswith("warn")], done.stdout
+
+    (data / "broker.sqlite").chmod(0o644)
+    done = host("doctor", "--config", str(ini), env=host_env(), cwd=tmp_path)
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("warn")]
+    assert line.startswith(f"warn embedded broker: {data / 'broker.sqlite'} is 644 (should be 600)"), line
+    assert line.endswith(f"-> chmod 700 {data} && chmod 600 {data / 'broker.sqlite'}*"), line
