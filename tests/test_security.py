@@ -92,7 +92,8 @@ def test_the_password_appears_nowhere(tmp_path: Path, account: tuple[str, str]) 
     finally:
         with Connection(RABBITMQ_URL, connect_timeout=10) as connection:
             channel = connection.default_channel
-            channel.queue_delete(f"host:{site}:celery")
+            for queue in ("celery", "example"):  # the default queue, and the example plugin's
+                channel.queue_delete(f"host:{site}:{queue}")
             for exchange in ("celery", "celery.pidbox", "celeryev", "reply.celery.pidbox"):
                 channel.exchange_delete(f"host:{site}:{exchange}")
 
