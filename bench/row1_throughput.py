@@ -239,6 +239,9 @@ def running(*workers: Worker) -> Iterator[None]:
 class Broker:
     """The bench's own connection to RabbitMQ: declare, publish, count, remote control."""
 
+    #: The name of the queue whose loss tells that RabbitMQ closed the connection.
+    CANARY_PREFIX = "bench-canary-"
+
     def __init__(self, url: str) -> None:
         from celery import Celery
 
@@ -261,7 +264,7 @@ class Broker:
         self.connection = Connection(self.url, connect_timeout=10)
         self.channel = self.connection.channel()
         # Exclusive: it goes with this connection, whoever closes it.
-        self.canary = f"bench-canary-{uuid.uuid4()}"
+        self.canary = f"{self.CANARY_PREFIX}{uuid.uuid4()}"
         self.channel.queue_declare(self.canary, exclusive=True, auto_delete=True)
 
     def alive(self) -> bool:

@@ -65,7 +65,7 @@ from bench.row1_throughput import (
     host_command,
     plain_command,
 )
-from bench.synthetic import BENCH_TASKS, GROUP, bench_site, write_distribution
+from bench.synthetic import BENCH_TASKS, bench_site
 
 PREFIX = "solo-investigation-"
 #: Row 1's workaround, for the ``*-tick`` sides: a heartbeat check every 10 ms in the event loop.
@@ -97,31 +97,12 @@ celery.steps["consumer"].add(SoloAck)
 class SoloBroker(Broker):
     """Row 1's broker connection, with a canary queue named with this investigation's prefix."""
 
-    def connect(self) -> None:
-        from kombu import Connection
-
-        if self.connection is not None:
-            with suppress(Exception):
-                self.connection.release()
-        self.connection = Connection(self.url, connect_timeout=10)
-        self.channel = self.connection.channel()
-        self.canary = f"{PREFIX}canary-{uuid.uuid4()}"
-        self.channel.queue_declare(self.canary, exclusive=True, auto_delete=True)
+    CANARY_PREFIX = f"{PREFIX}canary-"
 
 
 def fixed_site(folder: Path) -> Path:
     """bench_site's ``bench-tasks`` extension, whose task module also adds the fix's step."""
-    write_distribution(
-        folder,
-        "bench-tasks",
-        {GROUP: {"tasks": "bench_tasks.celery_import:task_imports"}},
-        {
-            "bench_tasks/__init__.py": "",
-            "bench_tasks/celery_import.py": 'def task_imports():\n    return ["bench_tasks.tasks"]\n',
-            "bench_tasks/tasks.py": FIXED_TASKS,
-        },
-    )
-    return folder
+    return bench_site(folder, tasks=FIXED_TASKS)
 
 
 class Side:

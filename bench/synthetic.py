@@ -93,8 +93,11 @@ def make_site(folder: Path, n: int) -> Path:
     return folder
 
 
-def bench_site(folder: Path, n: int = 0) -> Path:
-    """The ``bench-tasks`` extension (``bench.noop``, ``bench.add``) plus ``n`` synthetic ones."""
+def bench_site(folder: Path, n: int = 0, tasks: str = BENCH_TASKS) -> Path:
+    """The ``bench-tasks`` extension (``bench.noop``, ``bench.add``) plus ``n`` synthetic ones.
+
+    :param tasks: the source of its task module.
+    """
     make_site(folder, n)
     write_distribution(
         folder,
@@ -103,7 +106,7 @@ def bench_site(folder: Path, n: int = 0) -> Path:
         {
             "bench_tasks/__init__.py": "",
             "bench_tasks/celery_import.py": 'def task_imports():\n    return ["bench_tasks.tasks"]\n',
-            "bench_tasks/tasks.py": BENCH_TASKS,
+            "bench_tasks/tasks.py": tasks,
         },
     )
     return folder
