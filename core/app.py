@@ -15,6 +15,7 @@ from celery.utils.imports import qualname
 
 from core import embedded
 from core.errors import DuplicateTaskError
+from core.result_store import guard
 from core.solo_ack import SoloAck
 
 if TYPE_CHECKING:
@@ -56,8 +57,6 @@ class HostCelery(Celery):
         return self.host_config
 
     def _get_backend(self) -> Any:
-        from core.result_store import guard
-
         return guard(super()._get_backend())
 
     def _warn_if_duplicate_task_name(self, task: Any, fun: Any, name: str) -> None:

@@ -32,6 +32,9 @@ import threading
 import time
 from typing import Any
 
+from celery.backends.asynchronous import AsyncBackendMixin
+from celery.backends.base import BaseKeyValueStoreBackend
+
 from core.masking import mask_url
 
 logger = logging.getLogger("host.results")
@@ -39,9 +42,6 @@ logger = logging.getLogger("host.results")
 
 def guard(backend: Any) -> Any:
     """Apply both changes to a newly created backend, and return it."""
-    from celery.backends.asynchronous import AsyncBackendMixin
-    from celery.backends.base import BaseKeyValueStoreBackend
-
     if isinstance(backend, AsyncBackendMixin) and isinstance(backend, BaseKeyValueStoreBackend):
         backend.on_task_call = _Watch(backend)
     store = backend.store_result
