@@ -27,7 +27,8 @@ REDIS_URL = os.environ.get("HOST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
-def _answers(port: int) -> bool:
+def answers(port: int) -> bool:
+    """Something listens on 127.0.0.1:``port``."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True
@@ -36,7 +37,7 @@ def _answers(port: int) -> bool:
 
 
 def _require(service: str, port: int) -> None:
-    if _answers(port):
+    if answers(port):
         return
     message = f"{service} does not answer on 127.0.0.1:{port}"
     if IN_CI:

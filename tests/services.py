@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IN_CI
+from conftest import IN_CI, answers
 from worker import wait_until
 
 #: A node's start takes a few seconds here; a loaded CI machine may take many more.
@@ -43,14 +43,6 @@ def spare_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _installed(program: str) -> str:
