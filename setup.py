@@ -27,10 +27,19 @@ setup(
         "flower": ["flower>=2"],
         # pytest-xdist runs the suite's modules in parallel (make test): the suite starts
         # real workers and brokers, and takes twice as long on one core.
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6", "redis>=5", "supervisor>=4.2"],
+        # Flower: the embedded broker's tests check that Flower's API sees its workers and tasks.
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.6",
+            "hypothesis>=6",
+            "redis>=5",
+            "supervisor>=4.2",
+            "flower>=2",
+        ],
         # bench/ compares the host's discovery with stevedore and with pkg_resources
         # (what CKAN used; setuptools 81 removes it).
-        "bench": ["stevedore>=5", "setuptools<81", "redis>=5"],
+        # psutil reads an idle worker's CPU time, main process and pool children together (row 7).
+        "bench": ["stevedore>=5", "setuptools<81", "redis>=5", "psutil>=5.9"],
         # Pinned to a minor version so a new lint rule cannot turn CI red on its own.
         # import-linter checks that the layers import only downward (docs/architecture.md):
         # the well-kept tool for it, with layers, forbidden and acyclic contracts.

@@ -243,6 +243,7 @@ def load_config(
         if name not in host:
             host[name], sources[f"host.{name}"] = copy.deepcopy(option.default), "default"
     _check_serializers(celery, sources, chain)
+    _check_embedded_options(celery, sources, chain)
     has_logging = chain.logging_path is not None
     if has_logging and "worker_hijack_root_logger" not in celery:
         celery["worker_hijack_root_logger"] = False
@@ -419,6 +420,30 @@ def _check_serializers(celery: dict[str, Any], sources: dict[str, str], chain: I
                 path=str(chain.origin(APP_SECTION, key) if written else chain.path),
                 section=APP_SECTION,
                 hint=f"accepting {serializer} must be explicit: add it to celery.{accept_key}",
+            )
+
+
+#: The embedded broker's own transport options: the least each may be.
+EMBEDDED_TRANSPORT_OPTIONS = {"lease_seconds": 3.0, "polling_interval": 0.001}
+
+
+def _check_embedded_options(celery: dict[str, Any], sources: dict[str, str], chain: IniChain) -> None:
+    """``lease_seconds`` and ``polling_interval`` are numbers the embedded broker can use."""
+    options = celery.get("broker_transport_options")
+    if not str(celery.get("broker_url") or "").startswith("embedded+") or not isinstance(options, dict):
+        return
+    for name, least in EMBEDDED_TRANSPORT_OPTIONS.items():
+        value = options.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < least:
+            key = "celery.broker_transport_options"
+            written = sources.get(key, "").startswith("file")
+            raise ConfigError(
+                f"{key}: {name} = {value!r} is not a number of seconds of at least {least:g}",
+                path=str(chain.origin(APP_SECTION, key) if written else chain.path),
+                section=APP_SECTION,
+                hint=f'for example {key} = {{"{name}": {30 if name == "lease_seconds" else 1}}}',
             )
 
 

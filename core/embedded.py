@@ -7,41 +7,45 @@ Celery under the scheme ``embedded``::
     celery.result_backend = embedded+sqlite:///%(here)s/data/results.sqlite
 
 Both are files on local disk in SQLite's WAL mode, shared by every process of
-the host on this machine (the worker, its pool children, ``host send``, the
-web application).
+the host on this machine (workers, their pool children, ``host send``,
+``celery inspect``, Flower, the web application). :mod:`core.embedded_store`
+holds the tables, the leases and the wake-ups; this module is the kombu
+transport on top of them.
 
-Why not kombu's own ``sqla+sqlite://`` transport as it is:
+What it does as RabbitMQ does:
 
-* it keeps every delivered message in the table (``visible = 0``), so the
-  store grows without bound; this one deletes a message as it delivers it;
-* it polls once a second, and hands every transport option to
-  ``create_engine``, so ``polling_interval`` cannot even be set through it;
-  this one polls every 20 ms (``broker_transport_options.polling_interval``);
-* it takes a lock around a SELECT and an UPDATE; here a single
-  ``DELETE ... RETURNING`` statement takes a message atomically;
-* when the worker's prefetch window is full (every message it may hold is
-  waiting for a pool process), kombu's virtual transport sleeps a whole
-  polling interval before it looks again, which caps a busy worker at
-  prefetch-count messages per interval; this one wakes as soon as a
-  message is acknowledged;
-* a worker asked to stop (SIGTERM) starts its warm shutdown at once instead
-  of after Celery's 2-second drain timeout.
+* direct, topic and fanout exchanges, with the bindings in the store, so
+  Celery's remote control (``celery inspect``, ``control revoke``, ``status``)
+  and its events (``-E``, ``celery events``, Flower) work across processes;
+* a delivered message stays until it is acknowledged: rejected with requeue,
+  or held by a consumer that closed or died (its lease ran out), it is
+  delivered again, flagged ``redelivered``; ``no_ack`` consumers (remote
+  control, events) take a message and delete it at once;
+* auto-delete queues go when their last consumer does; queues with
+  ``x-expires`` when unused that long; messages past their queue's
+  ``x-message-ttl`` or their own ``expiration`` are dropped;
+* several workers consume one queue, and each message goes to one of them.
 
-What it is not: a message is deleted when it is delivered to the worker, not
-when the task finishes, so a worker that crashes (SIGKILL, power loss) loses
-the tasks it had received but not finished. A warm shutdown (SIGTERM) puts
-them back. Use RabbitMQ (``production.ini``) where that matters.
+Why not kombu's own ``sqla+sqlite://`` transport: it marks a message invisible
+when it delivers it and never makes it visible again (a killed worker loses
+it for good, and the table grows without bound); it has no fanout (no remote
+control, no events); it polls once a second and takes a lock around a SELECT
+and an UPDATE. Here a single ``UPDATE ... RETURNING`` statement takes a
+message, and a publisher wakes waiting consumers through their FIFO.
+
+A message that kombu did not write (it cannot be decoded) would crash the
+worker's consumer: it is moved to the table ``host_message_undeliverable``,
+with the reason, and logged.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import sqlite3
 import sys
-import threading
+import time
 from pathlib import Path
 from queue import Empty
 from time import monotonic
@@ -49,26 +53,34 @@ from typing import Any
 
 from kombu.transport import virtual
 
-SCHEME = "embedded"
-DEFAULT_POLLING_INTERVAL = 0.02
-#: How long a writer waits for another process's write to finish.
-BUSY_TIMEOUT = 30.0
+from core.embedded_store import (
+    BUSY_TIMEOUT,
+    DEFAULT_LEASE_SECONDS,
+    Consumer,
+    Store,
+    connect,
+    delete_queue,
+    loose_permissions,
+    private_file,
+    store_for,
+    transaction,
+    wake_all,
+)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS host_message (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue TEXT NOT NULL,
-    payload TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS host_message_queue ON host_message (queue, id);
-CREATE TABLE IF NOT EXISTS host_message_undeliverable (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    error TEXT NOT NULL,
-    moved_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
-);
-"""
+__all__ = [
+    "BUSY_TIMEOUT",
+    "SCHEME",
+    "Transport",
+    "connect",
+    "loose_permissions",
+    "private_file",
+    "register",
+    "sqlite_path",
+]
+
+SCHEME = "embedded"
+#: The fallback: how often a consumer looks at its queues when no wake-up came.
+DEFAULT_POLLING_INTERVAL = 1.0
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +88,18 @@ logger = logging.getLogger(__name__)
 def register() -> None:
     """Make ``embedded+sqlite://`` known to kombu and Celery (idempotent)."""
     from celery.app.backends import BACKEND_ALIASES
+    from celery.signals import worker_shutting_down
     from kombu.transport import TRANSPORT_ALIASES
 
     TRANSPORT_ALIASES.setdefault(SCHEME, "core.embedded:Transport")
     BACKEND_ALIASES.setdefault(SCHEME, "core.embedded_results:ResultBackend")
+    # A worker asked to stop (SIGTERM, SIGINT) starts its warm shutdown at once,
+    # not when its wait for a message times out.
+    worker_shutting_down.connect(_wake_on_shutdown, weak=False, dispatch_uid="core.embedded")
+
+
+def _wake_on_shutdown(**kwargs: Any) -> None:
+    wake_all()
 
 
 def sqlite_path(url: str) -> Path:
@@ -93,43 +113,6 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len(prefix) :])
 
 
-def private_file(path: Path) -> None:
-    """Create the store's folder (0700) and file (0600) if missing: readable by their owner only.
-
-    Whoever can read a store sees every task's arguments and results; whoever
-    can write to it can make a worker run a task. SQLite gives its ``-wal``
-    and ``-shm`` files the mode of the database file. Existing files are left
-    as they are: ``host doctor`` warns about them.
-    """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-
-
-def loose_permissions(path: Path) -> list[str]:
-    """What others than the owner may do with the store's file and folder (empty: nothing)."""
-    found = []
-    for item, private in ((path.parent, 0o700), (path, 0o600)):
-        try:
-            mode = item.stat().st_mode & 0o777
-        except FileNotFoundError:
-            continue
-        if mode & ~private:
-            found.append(f"{item} is {mode:o} (should be {private:o})")
-    return found
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """Open a store in autocommit mode with WAL, creating it (private) if needed."""
-    private_file(path)
-    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    # In WAL mode NORMAL is safe against application crashes; only an OS crash
-    # or power loss can drop the last commits.
-    db.execute("PRAGMA synchronous=NORMAL")
-    return db
-
-
 def _worker_stopping() -> bool:
     """True in a Celery worker that has been asked to shut down (warm or cold)."""
     state = sys.modules.get("celery.worker.state")
@@ -138,45 +121,279 @@ def _worker_stopping() -> bool:
     return any(flag is not None and flag is not False for flag in (state.should_stop, state.should_terminate))
 
 
-class Channel(virtual.Channel):
-    """A kombu virtual channel storing messages in one SQLite table."""
+def _seconds(arguments: dict[str, Any] | None, key: str) -> float | None:
+    """An ``x-expires`` or ``x-message-ttl`` queue argument (milliseconds) in seconds."""
+    value = (arguments or {}).get(key)
+    return None if value is None else float(value) / 1000
 
-    _db: sqlite3.Connection | None = None
-    _db_pid: int | None = None
+
+class LeaseLost(ConnectionError):
+    """This process's consumer was taken for dead (it stalled): the connection must be made anew."""
+
+
+class QoS(virtual.QoS):
+    """kombu's prefetch accounting, with acknowledgements and rejections kept in the store."""
+
+    channel: Channel
+
+    def ack(self, delivery_tag: Any) -> None:
+        self.channel._settle(delivery_tag)
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        if requeue:
+            self.channel._release([delivery_tag])
+        else:
+            self.channel._settle(delivery_tag)
+        self._quick_ack(delivery_tag)  # type: ignore[attr-defined]
+
+
+class Channel(virtual.Channel):
+    """A kombu virtual channel on the embedded store."""
+
+    QoS = QoS
+    supports_fanout = True
+    connection: Transport
+
+    def __init__(self, connection: Transport, **kwargs: Any) -> None:
+        super().__init__(connection, **kwargs)
+        #: Queues consumed with no_ack: a message is deleted as it is taken.
+        self._no_ack_queues: set[str] = set()
+
+    @property
+    def store(self) -> Store:
+        return self.connection.store
 
     @property
     def db(self) -> sqlite3.Connection:
-        # A connection must not cross fork(): pool children open their own.
-        if self._db is None or self._db_pid != os.getpid():
-            self._db = connect(sqlite_path(self.connection.client.hostname))
-            self._db.executescript(_SCHEMA)
-            self._db_pid = os.getpid()
-        return self._db
+        return self.connection.store.db
 
-    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+    # -- exchanges, queues and bindings, in the store ---------------------------
+
+    def exchange_declare(
+        self,
+        exchange: str | None = None,
+        type: str = "direct",
+        durable: bool = False,
+        auto_delete: bool = False,
+        arguments: Any = None,
+        nowait: bool = False,
+        passive: bool = False,
+    ) -> None:
+        type = type or "direct"
+        exchange = exchange or f"amq.{type}"
+        if passive and exchange not in self.state.exchanges:
+            self._stored_exchange(exchange)  # found, or kombu's NOT_FOUND from the in-memory check
+        super().exchange_declare(exchange, type, durable, auto_delete, arguments, nowait, passive)
+        if not passive:
+            self.db.execute(
+                "INSERT OR IGNORE INTO host_exchange (name, type) VALUES (?, ?)", (exchange, type)
+            )
+
+    def _stored_exchange(self, exchange: str) -> bool:
+        """Copy an exchange another process declared into this process's state."""
+        row = self.db.execute("SELECT type FROM host_exchange WHERE name = ?", (exchange,)).fetchone()
+        if row is None:
+            return False
+        self.state.exchanges.setdefault(
+            exchange, {"type": row[0], "durable": True, "auto_delete": False, "arguments": {}, "table": []}
+        )
+        return True
+
+    def exchange_delete(self, exchange: str, if_unused: bool = False, nowait: bool = False) -> None:
+        with transaction(self.db) as db:
+            db.execute("DELETE FROM host_binding WHERE exchange = ?", (exchange,))
+            db.execute("DELETE FROM host_exchange WHERE name = ?", (exchange,))
+        self.state.exchanges.pop(exchange, None)
+
+    def typeof(self, exchange: str, default: str = "direct") -> Any:
+        if exchange not in self.state.exchanges:
+            self._stored_exchange(exchange)
+        return super().typeof(exchange, default)
+
+    def _new_queue(
+        self,
+        queue: str,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.db.execute(
-            "INSERT INTO host_message (queue, payload) VALUES (?, ?)", (queue, json.dumps(message))
+            "INSERT INTO host_queue (name, auto_delete, expires, message_ttl, last_used) "
+            "VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET last_used = excluded.last_used",
+            (
+                queue,
+                bool(auto_delete),
+                _seconds(arguments, "x-expires"),
+                _seconds(arguments, "x-message-ttl"),
+                time.time(),
+            ),
         )
 
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        return self.db.execute("SELECT 1 FROM host_queue WHERE name = ?", (queue,)).fetchone() is not None
+
+    def queue_declare(self, queue: str | None = None, passive: bool = False, **kwargs: Any) -> Any:
+        declared = super().queue_declare(queue, passive=passive, **kwargs)
+        (consumers,) = self.db.execute(
+            "SELECT COUNT(*) FROM host_subscription WHERE queue = ?", (declared.queue,)
+        ).fetchone()
+        return declared._replace(consumer_count=consumers)
+
+    def queue_bind(
+        self,
+        queue: str,
+        exchange: str | None = None,
+        routing_key: str = "",
+        arguments: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        exchange = exchange or "amq.direct"
+        routing_key, pattern, queue = self.typeof(exchange).prepare_bind(
+            queue, exchange, routing_key, arguments
+        )
+        self.db.execute(
+            "INSERT OR IGNORE INTO host_binding (exchange, routing_key, pattern, queue) VALUES (?, ?, ?, ?)",
+            (exchange, routing_key, pattern or "", queue),
+        )
+
+    def queue_unbind(
+        self,
+        queue: str,
+        exchange: str | None = None,
+        routing_key: str = "",
+        arguments: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self.db.execute(
+            "DELETE FROM host_binding WHERE exchange = ? AND routing_key = ? AND queue = ?",
+            (exchange or "amq.direct", routing_key, queue),
+        )
+
+    def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False, **kwargs: Any) -> Any:
+        with transaction(self.db) as db:
+            if (
+                if_empty
+                and db.execute("SELECT 1 FROM host_message WHERE queue = ? LIMIT 1", (queue,)).fetchone()
+            ):
+                return None
+            if (
+                if_unused
+                and db.execute("SELECT 1 FROM host_subscription WHERE queue = ?", (queue,)).fetchone()
+            ):
+                return None
+            db.execute("DELETE FROM host_subscription WHERE queue = ?", (queue,))
+            return delete_queue(db, queue)
+
+    def get_table(self, exchange: str) -> list[tuple[str, str, str]]:
+        return self.db.execute(
+            "SELECT routing_key, pattern, queue FROM host_binding WHERE exchange = ?", (exchange,)
+        ).fetchall()
+
+    def list_bindings(self) -> Any:
+        return self.db.execute("SELECT queue, exchange, routing_key FROM host_binding").fetchall()
+
+    # -- publishing ----------------------------------------------------------------
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        self._put_many([queue], message)
+
+    def _put_fanout(self, exchange: str, message: dict[str, Any], routing_key: str, **kwargs: Any) -> None:
+        self._put_many([queue for _, _, queue in self.get_table(exchange)], message)
+
+    def _put_many(self, queues: list[str], message: dict[str, Any]) -> None:
+        if not queues:
+            return
+        payload = json.dumps(message)
+        expiration = message.get("properties", {}).get("expiration")
+        now = time.time()
+        db = self.db
+        rows = []
+        for queue in queues:
+            ttl = self.connection.message_ttl(queue)
+            if expiration is not None:
+                ttl = min(ttl, float(expiration) / 1000) if ttl is not None else float(expiration) / 1000
+            rows.append((queue, payload, None if ttl is None else now + ttl))
+        if len(rows) == 1:
+            db.execute("INSERT INTO host_message (queue, payload, expires_at) VALUES (?, ?, ?)", rows[0])
+        else:
+            with transaction(db):
+                db.executemany("INSERT INTO host_message (queue, payload, expires_at) VALUES (?, ?, ?)", rows)
+        self.store.wake_consumers(queues)
+
+    # -- consuming -------------------------------------------------------------------
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        else:
+            self._no_ack_queues.discard(queue)
+        self.connection.consumer.subscribe(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        queue = self._tag_to_queue.get(consumer_tag)
+        result = super().basic_cancel(consumer_tag)
+        if queue is not None and queue not in self._tag_to_queue.values():
+            consumer = self.connection.existing_consumer()
+            if consumer is not None:
+                consumer.unsubscribe(queue)
+        return result
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        try:
+            message = self.Message(self._take(queue, no_ack), channel=self)
+        except Empty:
+            return None
+        if not no_ack:
+            self.qos.append(message, message.delivery_tag)
+        return message
+
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        return self._take(queue, queue in self._no_ack_queues)
+
+    def _take(self, queue: str, no_ack: bool) -> dict[str, Any]:
+        """The queue's first deliverable message: held by this consumer, or deleted when ``no_ack``.
+
+        A read finds it and a write takes it if it is still there: in WAL mode
+        reads take no lock, so an empty queue costs no write lock, which would
+        make other processes' writers wait (SQLite's busy wait sleeps 1 ms and more).
+        """
+        db = self.db
+        holder = None if no_ack else self.connection.consumer.id  # a consumer sweeps, once a second
         while True:
-            row = self.db.execute(
-                "DELETE FROM host_message WHERE id = ("
-                " SELECT id FROM host_message WHERE queue = ? ORDER BY id LIMIT 1"
-                ") RETURNING id, payload",
-                (queue,),
+            found = db.execute(
+                "SELECT id FROM host_message WHERE queue = ? AND holder IS NULL "
+                "AND (expires_at IS NULL OR expires_at > ?) ORDER BY id LIMIT 1",
+                (queue, time.time()),
             ).fetchone()
-            if row is None:
+            if found is None:
                 raise Empty()
+            if no_ack:
+                row = db.execute(
+                    "DELETE FROM host_message WHERE id = ? AND holder IS NULL "
+                    "RETURNING id, payload, deliveries + 1",
+                    found,
+                ).fetchone()
+            else:
+                row = db.execute(
+                    "UPDATE host_message SET holder = ?, deliveries = deliveries + 1 "
+                    "WHERE id = ? AND holder IS NULL RETURNING id, payload, deliveries",
+                    (holder, *found),
+                ).fetchone()
+            if row is None:
+                continue  # another consumer took it in between
             message = self._decode(queue, *row)
             if message is not None:
                 return message
 
-    def _decode(self, queue: str, row_id: int, payload: str) -> dict[str, Any] | None:
+    def _decode(self, queue: str, row_id: int, payload: str, deliveries: int) -> dict[str, Any] | None:
         """A stored message, or None when it is not one kombu wrote.
 
         Such a row would crash the worker's consumer; it is moved to
         ``host_message_undeliverable`` with the reason, kept for inspection.
+        The delivery tag becomes the row's id, which acknowledgements use.
         """
         try:
             message = json.loads(payload)
@@ -185,12 +402,14 @@ class Channel(virtual.Channel):
                 raise ValueError("not a kombu message (a JSON object with 'properties' and a delivery tag)")
             if message.get("body"):  # what kombu's Message does next, where a failure would crash
                 self.decode_body(message["body"], properties.get("body_encoding"))
-        except (ValueError, TypeError, RecursionError) as e:
+        except (ValueError, TypeError, AttributeError, RecursionError) as e:
             error = f"{type(e).__name__}: {e}"
-            self.db.execute(
-                "INSERT INTO host_message_undeliverable (queue, payload, error) VALUES (?, ?, ?)",
-                (queue, payload, error),
-            )
+            with transaction(self.db) as db:
+                db.execute("DELETE FROM host_message WHERE id = ?", (row_id,))
+                db.execute(
+                    "INSERT INTO host_message_undeliverable (queue, payload, error) VALUES (?, ?, ?)",
+                    (queue, payload, error),
+                )
             logger.error(
                 "embedded broker: message %s in queue %r cannot be decoded (%s); "
                 "moved to table host_message_undeliverable",
@@ -199,33 +418,47 @@ class Channel(virtual.Channel):
                 error,
             )
             return None
+        properties["delivery_tag"] = row_id
+        info = properties.setdefault("delivery_info", {})
+        if isinstance(info, dict):
+            info["redelivered"] = deliveries > 1
         return message
 
-    def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
-        super().basic_ack(delivery_tag, multiple=multiple)
-        self._wake_transport()
+    # -- settling --------------------------------------------------------------------
 
-    def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
-        super().basic_reject(delivery_tag, requeue=requeue)
-        self._wake_transport()
+    def _settle(self, delivery_tag: int) -> None:
+        """An acknowledged (or dead-lettered) message is gone."""
+        self.db.execute("DELETE FROM host_message WHERE id = ?", (delivery_tag,))
+        self.connection.wake_self()  # the prefetch window has room again
 
-    def _wake_transport(self) -> None:
-        # The prefetch window has room again: drain_events need not finish its nap.
-        wake = getattr(self.connection, "wake", None)
-        if wake is not None:
-            wake.set()
+    def _release(self, delivery_tags: list[int]) -> None:
+        """Make held messages deliverable again, at their place in their queue."""
+        consumer = self.connection.existing_consumer()
+        if consumer is None or not delivery_tags:
+            return
+        marks = ", ".join("?" * len(delivery_tags))
+        queues = [
+            q
+            for (q,) in self.db.execute(
+                f"UPDATE host_message SET holder = NULL WHERE holder = ? AND id IN ({marks}) RETURNING queue",
+                [consumer.id, *delivery_tags],
+            ).fetchall()
+        ]
+        self.store.wake_consumers(set(queues))
+        self.connection.wake_self()
+
+    def _restore(self, message: Any) -> None:
+        self._release([message.delivery_tag])
 
     def _size(self, queue: str) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM host_message WHERE queue = ?", (queue,)).fetchone()[0]
+        return self.db.execute(
+            "SELECT COUNT(*) FROM host_message WHERE queue = ? AND holder IS NULL", (queue,)
+        ).fetchone()[0]
 
     def _purge(self, queue: str) -> int:
-        return self.db.execute("DELETE FROM host_message WHERE queue = ?", (queue,)).rowcount
-
-    def close(self) -> None:
-        super().close()
-        if self._db is not None and self._db_pid == os.getpid():
-            self._db.close()
-        self._db = None
+        return self.db.execute(
+            "DELETE FROM host_message WHERE queue = ? AND holder IS NULL", (queue,)
+        ).rowcount
 
 
 class Transport(virtual.Transport):
@@ -236,41 +469,94 @@ class Transport(virtual.Transport):
     driver_type = "sqlite"
     driver_name = "sqlite3"
     polling_interval = DEFAULT_POLLING_INTERVAL
-    connection_errors = (sqlite3.OperationalError,)
+    connection_errors = (sqlite3.OperationalError, LeaseLost)  # type: ignore[assignment]  # kombu says tuple[Any]
     channel_errors = (sqlite3.OperationalError,)
+    implements = virtual.Transport.implements.extend(exchange_type=frozenset(["direct", "topic", "fanout"]))
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
-        #: Set when a message is acknowledged or rejected (see :meth:`drain_events`).
-        self.wake = threading.Event()
+        self.store = store_for(sqlite_path(client.hostname))
+        options = client.transport_options
+        self.lease_seconds = float(options.get("lease_seconds", DEFAULT_LEASE_SECONDS))
+        self._consumer: Consumer | None = None
+        self._message_ttl: dict[str, float | None] = {}
 
     def driver_version(self) -> str:
         return sqlite3.sqlite_version
 
+    @property
+    def consumer(self) -> Consumer:
+        """This process's consumer on the store, with its lease: made when first needed."""
+        consumer = self.existing_consumer()
+        if consumer is None:
+            # The store may be new to a process that only published so far.
+            self.store = store_for(self.store.path)
+            consumer = self._consumer = Consumer(self.store, self.lease_seconds)
+        return consumer
+
+    def existing_consumer(self) -> Consumer | None:
+        consumer = self._consumer
+        if consumer is None or not consumer.alive or consumer.pid != os.getpid():
+            return None
+        return consumer
+
+    def _check_lease(self) -> None:
+        consumer = self._consumer
+        if consumer is not None and consumer.lost:
+            raise LeaseLost(
+                f"embedded broker: consumer {consumer.id} lost its lease (it stalled for over "
+                f"{consumer.lease_seconds:g} s); reconnecting declares its queues anew"
+            )
+
+    def wake_self(self) -> None:
+        consumer = self.existing_consumer()
+        if consumer is not None:
+            consumer.waker.set()
+
+    def message_ttl(self, queue: str) -> float | None:
+        """The queue's ``x-message-ttl`` in seconds (queues keep their arguments: cached)."""
+        try:
+            return self._message_ttl[queue]
+        except KeyError:
+            row = self.store.db.execute(
+                "SELECT message_ttl FROM host_queue WHERE name = ?", (queue,)
+            ).fetchone()
+            if row is None:
+                return None  # not declared (yet): ask again next time
+            self._message_ttl[queue] = row[0]
+            return row[0]
+
+    def close_connection(self, connection: Any) -> None:
+        super().close_connection(connection)
+        consumer = self.existing_consumer()
+        if consumer is not None:
+            consumer.close()
+        self._consumer = None
+
     def drain_events(self, connection: Any, timeout: float | None = None, **kwargs: Any) -> None:
-        """Deliver one message; between empty polls wait ``polling_interval``, or until an ack.
+        """Deliver one message; between empty looks, wait for a wake-up (or the polling interval).
 
-        kombu's version sleeps the whole interval also when a message is
-        waiting but the prefetch window is full, which caps a busy worker at
-        prefetch-count messages per interval.
-
-        A worker asked to stop (SIGTERM) is told at once (``socket.timeout``,
-        which is ``TimeoutError``) instead of at the end of Celery's 2-second
-        ``timeout``, so that it starts its warm shutdown without taking
-        another message.
+        A publisher wakes the consumers of its queue, and an acknowledgement
+        wakes its own consumer (the prefetch window has room again). A worker
+        asked to stop is told at once (``socket.timeout``, which is
+        ``TimeoutError``), so that it starts its warm shutdown without
+        taking another message.
         """
+        self._check_lease()
+        waker = self.consumer.waker
         started = monotonic()
-        interval = self.polling_interval
-        if timeout and interval and interval > timeout:
-            interval = timeout
         while True:
-            self.wake.clear()
+            self._check_lease()
+            waker.clear()
             try:
                 self.cycle.get(self._deliver, timeout=timeout)  # type: ignore[attr-defined]
             except Empty:
-                if _worker_stopping() or (timeout is not None and monotonic() - started >= timeout):
+                waited = monotonic() - started
+                if _worker_stopping() or (timeout is not None and waited >= timeout):
                     raise TimeoutError() from None
-                if interval is not None:
-                    self.wake.wait(interval)
+                nap = self.polling_interval
+                if timeout is not None:
+                    nap = min(nap, timeout - waited)
+                waker.wait(nap)
             else:
                 return

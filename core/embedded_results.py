@@ -21,6 +21,11 @@ the SQLAlchemy ORM, though:
 
 Everything else (groups, ``forget``, ``cleanup``) stays Celery's SQLAlchemy
 code, with the engine cached per process.
+
+Results expire: a process that stores results deletes those older than
+``result_expires`` (Celery's default, one day) at most once a minute, so the
+store stays bounded without ``celery beat``'s daily ``backend_cleanup``
+(which works too).
 """
 
 from __future__ import annotations
@@ -28,19 +33,25 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any
 
 from celery.backends.database import DatabaseBackend
 from celery.backends.database.session import SessionManager
 
-from core.embedded import BUSY_TIMEOUT, connect, private_file, sqlite_path
+from core.embedded import sqlite_path
+from core.embedded_store import BUSY_TIMEOUT, connect, private_file
 
 #: The longest nap between two looks at the store while waiting for a result.
 #: A look is one indexed SELECT (tens of microseconds), so waiting callers
 #: need not back off as far as Celery's default ``interval`` of 0.5 s.
 MAX_POLL_INTERVAL = 0.05
+#: A waiting caller looks every millisecond for this long, then backs off:
+#: most tasks a caller waits for are done within a few milliseconds.
+EAGER_POLLING = 0.02
+#: How often a process that stores results deletes the expired ones.
+CLEANUP_INTERVAL = 60.0
 
 #: Connections inherited through fork() from the parent process. SQLite must
 #: not use, nor close, a connection in the child that opened it in the parent,
@@ -118,6 +129,7 @@ class ResultBackend(DatabaseBackend):
         self._table = table.name
         self._columns = [c.name for c in table.columns if c.name != "id"]
         self._fast = table.schema is None and self._path is not None
+        self._next_cleanup = 0.0
 
     # -- the per-process sqlite3 connection --------------------------------
 
@@ -161,7 +173,19 @@ class ResultBackend(DatabaseBackend):
             f"ON CONFLICT (task_id) DO UPDATE SET {updates} WHERE {self._table}.status != 'SUCCESS'",
             values,
         )
+        if time.monotonic() >= self._next_cleanup:
+            self._delete_expired()
         return result
+
+    def _delete_expired(self) -> None:
+        """Delete results (and groups) stored longer ago than ``result_expires``."""
+        self._next_cleanup = time.monotonic() + CLEANUP_INTERVAL
+        if not self.expires:
+            return
+        expires = self.expires if isinstance(self.expires, timedelta) else timedelta(seconds=self.expires)
+        cutoff = _sqlite_value(datetime.now(timezone.utc).replace(tzinfo=None) - expires)
+        for table in (self._table, self.taskset_cls.__table__.name):
+            self.db.execute(f"DELETE FROM {table} WHERE date_done < ?", (cutoff,))
 
     # -- reading -----------------------------------------------------------
 
@@ -205,7 +229,8 @@ class ResultBackend(DatabaseBackend):
         self._ensure_not_eager()
         deadline = None if timeout is None else time.monotonic() + timeout
         ceiling = min(interval, MAX_POLL_INTERVAL)
-        nap = min(0.002, ceiling)
+        started = time.monotonic()
+        nap = min(0.001, ceiling)
         while True:
             meta = self.get_task_meta(task_id)
             if meta["status"] in states.READY_STATES:
@@ -218,7 +243,8 @@ class ResultBackend(DatabaseBackend):
                     raise TimeoutError("The operation timed out.")
                 nap = min(nap, left)
             time.sleep(nap)
-            nap = min(nap * 2, ceiling)
+            if time.monotonic() - started > EAGER_POLLING:
+                nap = min(nap * 2, ceiling)
 
 
 class _Row:

@@ -11,7 +11,8 @@
    within a short timeout;
 7. (warnings, not failures) no setting would end the workers on a broker
    outage instead of waiting it out, and the embedded broker's and result
-   store's files are readable by their owner only.
+   store's files are readable by their owner only; the embedded broker's
+   size and the messages waiting in each of its queues are reported.
 
 Problems of kinds 1-5 are configuration problems (exit status 2); a service
 that does not answer is exit status 1. Suitable as a health check for
@@ -192,13 +193,15 @@ def _backend_check(app: HostCelery, config: HostConfig, timeout: float) -> Check
     return _service("result store", mask_url(url), probe, _fix(config, "result_backend", "start it"))
 
 
-def store_permission_checks(app: HostCelery) -> Iterator[Check]:
-    """The embedded broker's and result store's files are their owner's alone (a warning when not).
+def embedded_store_checks(app: HostCelery) -> Iterator[Check]:
+    """The embedded broker's and result store's files: their size, what waits, and who may read them.
 
-    Whoever can read them sees every task's arguments and results; whoever can
-    write to them can make a worker run a task.
+    A warning when others than the owner may read or write them: whoever can
+    read them sees every task's arguments and results; whoever can write to
+    them can make a worker run a task.
     """
     from core.embedded import SCHEME, loose_permissions, sqlite_path
+    from core.embedded_store import read_report
 
     for what, url in (("broker", app.conf.broker_url), ("result store", app.conf.result_backend)):
         url = str(url or "")
@@ -210,6 +213,42 @@ def store_permission_checks(app: HostCelery) -> Iterator[Check]:
             detail = f"{'; '.join(loose)}: others on this machine could read or change its tasks"
             fix = f"chmod 700 {path.parent} && chmod 600 {path}*"
             yield Check(f"embedded {what}", True, detail, fix, warning=True)
+        if what == "broker":
+            yield _broker_store_check(path, read_report(path))
+        elif path.exists():
+            size = sum(p.stat().st_size for p in path.parent.glob(f"{path.name}*") if p.is_file())
+            yield Check(f"embedded {what}", True, f"{path}, {_size(size)}")
+
+
+def _broker_store_check(path: Any, report: Any) -> Check:
+    if report is None:
+        return Check(
+            "embedded broker", True, f"{path}: not created yet (the first worker or send creates it)"
+        )
+    queues = ", ".join(
+        f"{name} {waiting}"
+        + (f" (+{held} held)" if held else "")
+        + (f" [{consumers} consuming]" if consumers else "")
+        for name, (waiting, held, consumers) in report.queues.items()
+    )
+    detail = f"{path}, {_size(report.size)}; waiting per queue: {queues or 'none'}"
+    if report.undeliverable:
+        return Check(
+            "embedded broker",
+            True,
+            f"{detail}; {report.undeliverable} undeliverable message(s) kept in host_message_undeliverable",
+            f"look at them with: sqlite3 {path} 'SELECT id, queue, error FROM host_message_undeliverable'",
+            warning=True,
+        )
+    return Check("embedded broker", True, detail)
+
+
+def _size(size: float) -> str:
+    units = ["bytes", "KiB", "MiB", "GiB"]
+    while size >= 1024 and len(units) > 1:
+        size /= 1024
+        units.pop(0)
+    return f"{size:.0f} bytes" if units[0] == "bytes" else f"{size:.1f} {units[0]}"
 
 
 def _service(what: str, url: str, probe: Callable[[], Any], fix: str) -> Check:

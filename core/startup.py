@@ -285,4 +285,4 @@ def diagnose(app: HostCelery, config_path: str | None, timeout: float, commands:
     yield from health.beat_checks(app, set(found.task_names) | set(app.tasks))
     yield from health.service_checks(app, config, timeout)
     yield from health.outage_checks(app)
-    yield from health.store_permission_checks(app)
+    yield from health.embedded_store_checks(app)
