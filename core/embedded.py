@@ -81,6 +81,8 @@ __all__ = [
 SCHEME = "embedded"
 #: The fallback: how often a consumer looks at its queues when no wake-up came.
 DEFAULT_POLLING_INTERVAL = 1.0
+#: Messages delivered per turn of Celery's event loop before it does its other work.
+EVENT_LOOP_BATCH = 64
 
 logger = logging.getLogger(__name__)
 
@@ -471,7 +473,11 @@ class Transport(virtual.Transport):
     polling_interval = DEFAULT_POLLING_INTERVAL
     connection_errors = (sqlite3.OperationalError, LeaseLost)  # type: ignore[assignment]  # kombu says tuple[Any]
     channel_errors = (sqlite3.OperationalError,)
-    implements = virtual.Transport.implements.extend(exchange_type=frozenset(["direct", "topic", "fanout"]))
+    # asynchronous: a worker waits in Celery's event loop (its hub), with the
+    # asynchronous prefork pool, as on RabbitMQ and Redis.
+    implements = virtual.Transport.implements.extend(
+        asynchronous=True, exchange_type=frozenset(["direct", "topic", "fanout"])
+    )
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
@@ -526,7 +532,39 @@ class Transport(virtual.Transport):
             self._message_ttl[queue] = row[0]
             return row[0]
 
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        """Celery's event loop waits on this consumer's FIFO; polling is the fallback.
+
+        The FIFO becomes readable when a message is published to one of its
+        queues, when this process acknowledges a message (the prefetch window
+        has room again), and when the worker is asked to stop.
+        """
+        waker = self.consumer.waker
+        loop.add_reader(waker.fd, self._on_wake)
+        self._loop, self._loop_fd = loop, waker.fd
+        self._poll_timer = loop.call_repeatedly(self.polling_interval, self._on_wake)
+        loop.call_soon(self._on_wake)
+
+    def _on_wake(self) -> None:
+        """Deliver what waits, a batch at a time, so that the loop's other work goes on between."""
+        self._check_lease()
+        consumer = self.existing_consumer()
+        if consumer is None:
+            return
+        consumer.waker.clear()
+        for _ in range(EVENT_LOOP_BATCH):
+            try:
+                self.cycle.get(self._deliver)  # type: ignore[attr-defined]
+            except Empty:
+                return
+        consumer.waker.set()  # more may wait: back after the loop's other work
+
     def close_connection(self, connection: Any) -> None:
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.remove_reader(self._loop_fd)
+            self._poll_timer.cancel()
+            self._loop = None
         super().close_connection(connection)
         consumer = self.existing_consumer()
         if consumer is not None:

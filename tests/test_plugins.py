@@ -1542,6 +1542,8 @@ def test_doctor_on_a_healthy_setup(site: Site, tmp_path: Path) -> None:
         "beat schedule",
         "broker",
         "result store",
+        "embedded broker",
+        "embedded result store",
     ]
     assert lines[:2] == [f"ok   config: {ini} is valid", "ok   plugins: hello (hello-plugin==1.0)"]
     assert lines[4] == "ok   beat schedule: 1 entry, every task exists"
