@@ -35,6 +35,9 @@ setup(
             "redis>=5",
             "supervisor>=4.2",
             "flower>=2",
+            # A real SMTP server, started by tests/test_notify.py on 127.0.0.1, receives the
+            # failure emails the workers send to host.admin_emails.
+            "aiosmtpd>=1.4",
         ],
         # bench/ compares the host's discovery with stevedore and with pkg_resources
         # (what CKAN used; setuptools 81 removes it).

@@ -15,6 +15,9 @@ namespaces are accepted in ``[app:main]``:
     converted to the type that table gives it.
 ``host.<key>``
     The framework's own keys, listed in :data:`HOST_OPTIONS`.
+``smtp.<key>``
+    The mail server for failure emails (``host.admin_emails``), listed in
+    :data:`SMTP_OPTIONS`; ``HOST_SMTP_<KEY>`` overrides each (``HOST_SMTP_PASSWORD``).
 
 Environment variables override the file, so secrets need not live in it:
 ``HOST_CELERY_<SETTING>`` for any Celery setting, Celery's own
@@ -29,6 +32,7 @@ import configparser
 import copy
 import difflib
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +131,52 @@ HOST_OPTIONS: dict[str, Option] = {
         "each other's tasks. Empty: no prefix.",
         pattern=(r"[A-Za-z0-9_.-]*", "letters, digits, '_', '.' and '-' only"),
     ),
+    "locks.url": Option(
+        "locks.url",
+        "string",
+        "",
+        "Where exclusive tasks and the beat election keep their locks (core/locks.py): "
+        "redis://HOST:PORT/DB (the redis extra) or embedded+sqlite:///PATH. Empty: "
+        "locks.sqlite beside the embedded broker's store; with any other broker, set it.",
+    ),
+    "locks.expires": Option(
+        "locks.expires",
+        "float",
+        60.0,
+        "Seconds a lock lives unless its holder renews it (every third of it): a killed "
+        "holder's lock is free again within this time. At least 1.",
+    ),
+    "admin_emails": Option(
+        "admin_emails",
+        "list",
+        [],
+        "Addresses that get an email when a task fails for good (its retries exhausted), "
+        "through the smtp.* server (core/notify.py). Empty: no email.",
+    ),
+    "admin_emails_interval": Option(
+        "admin_emails_interval",
+        "float",
+        300.0,
+        "At most one failure email per task name per this many seconds, across the "
+        "worker's processes; the next one counts the failures in between. 0: every failure.",
+    ),
 }
+
+#: Every ``smtp.*`` key: the server that mails failures to ``host.admin_emails``.
+SMTP_OPTIONS: dict[str, Option] = {
+    "server": Option("server", "string", "", "The SMTP server's host name or address; empty: none."),
+    "port": Option("port", "int", 25, "The SMTP server's port."),
+    "starttls": Option(
+        "starttls", "bool", False, "Switch the connection to TLS (STARTTLS) before logging in."
+    ),
+    "user": Option("user", "string", "", "The user to log in as; empty: no login."),
+    "password": Option(
+        "password", "string", "", "The user's password (HOST_SMTP_PASSWORD keeps it out of the file)."
+    ),
+    "mail_from": Option("mail_from", "string", "", "The sender address; empty: host@ this machine's name."),
+}
+#: ``HOST_SMTP_<KEY>`` overrides ``smtp.<key>``.
+HOST_SMTP_ENV_PREFIX = "HOST_SMTP_"
 
 #: The environment variables of plugin options start with this.
 PLUGIN_ENV_PREFIX = "HOST_PLUGIN_"
@@ -158,6 +207,8 @@ class HostConfig:
     written_in: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False, compare=False)
     #: The file whose logging sections are in force; None when no file has ``[loggers]``.
     logging_path: Path | None = None
+    #: The ``smtp.*`` keys, every one (defaults included), by their names without ``smtp.``.
+    smtp: dict[str, Any] = field(default_factory=dict)
 
     def plugin_section(self, name: str) -> dict[str, str]:
         """The raw keys of ``[plugin:NAME]``, interpolated; empty when there is none."""
@@ -235,6 +286,7 @@ def load_config(
     chain = read_chain(ini)
     celery, host, sources = _read_settings(chain)
     _apply_environment(environ, celery, host, sources)
+    smtp = _read_smtp(chain, environ, sources)
     for name, value in CELERY_DEFAULTS.items():
         if name not in celery:
             # A copy: a caller changing its list must not change the next load's default.
@@ -244,6 +296,7 @@ def load_config(
             host[name], sources[f"host.{name}"] = copy.deepcopy(option.default), "default"
     _check_serializers(celery, sources, chain)
     _check_embedded_options(celery, sources, chain)
+    _check_addresses(host, smtp, sources, chain)
     has_logging = chain.logging_path is not None
     if has_logging and "worker_hijack_root_logger" not in celery:
         celery["worker_hijack_root_logger"] = False
@@ -260,6 +313,7 @@ def load_config(
         files=chain.files,
         written_in=chain.written_in,
         logging_path=chain.logging_path,
+        smtp=smtp,
     )
 
 
@@ -273,11 +327,13 @@ def _read_settings(chain: IniChain) -> tuple[dict[str, Any], dict[str, Any], dic
         namespace, _, name = key.partition(".")
         if namespace == "celery":
             celery[name] = convert_celery(name, value, path=str(origin), key=key)
+        elif namespace == "smtp":
+            continue  # read by _read_smtp
         elif namespace == "host":
             host[name] = convert_host(name, value, path=str(origin), key=key)
         else:
             raise ConfigError(
-                "unknown key: settings in this section start with 'celery.' or 'host.'",
+                "unknown key: settings in this section start with 'celery.', 'host.' or 'smtp.'",
                 path=str(origin),
                 section=APP_SECTION,
                 key=key,
@@ -392,6 +448,78 @@ def _apply_environment(
         if var in environ:
             host[key] = convert_host(key, environ[var], path=ENVIRONMENT, key=var)
             sources[f"host.{key}"] = f"env {var}"
+
+
+# -- smtp.* (failure emails, core/notify.py) ------------------------------
+
+
+def _read_smtp(chain: IniChain, environ: Mapping[str, str], sources: dict[str, str]) -> dict[str, Any]:
+    """The ``smtp.*`` keys of ``[app:main]``, overridden by ``HOST_SMTP_<KEY>``, else their defaults."""
+    smtp: dict[str, Any] = {}
+    for key, value in section_values(chain.parser, APP_SECTION, chain.origin).items():
+        namespace, _, name = key.partition(".")
+        if namespace == "smtp":
+            origin = chain.origin(APP_SECTION, key)
+            smtp[name] = convert_smtp(name, value, path=str(origin), key=key)
+            sources[key] = _file_source(chain.path, origin)
+    for var in sorted(environ):
+        # An empty variable counts as unset, as for every other override.
+        if var.startswith(HOST_SMTP_ENV_PREFIX) and environ[var] != "":
+            name = var[len(HOST_SMTP_ENV_PREFIX) :].lower()
+            smtp[name] = convert_smtp(name, environ[var], path=ENVIRONMENT, key=var)
+            sources[f"smtp.{name}"] = f"env {var}"
+    for name, option in SMTP_OPTIONS.items():
+        if name not in smtp:
+            smtp[name], sources[f"smtp.{name}"] = option.default, "default"
+    return smtp
+
+
+def convert_smtp(name: str, value: str, *, path: str, key: str) -> Any:
+    """Convert and check one ``smtp.`` value (from the file, or ``HOST_SMTP_<KEY>``)."""
+    option = SMTP_OPTIONS.get(name)
+    section = _section_of(path)
+    if option is None:
+        in_env = path == ENVIRONMENT
+        raise ConfigError(
+            "unknown smtp setting" + (" in the environment" if in_env else ""),
+            path=path,
+            section=section,
+            key=key,
+            hint=suggest(
+                name,
+                SMTP_OPTIONS,
+                render=lambda k: HOST_SMTP_ENV_PREFIX + k.upper() if in_env else f"smtp.{k}",
+            ),
+        )
+    return option.convert(value, path=path, section=section, key=key)
+
+
+#: One address, as ``user@example.org``: no display name, no spaces, no list separators.
+_ADDRESS = re.compile(r"[^@\s<>,;\"']+@[^@\s<>,;\"']+")
+
+
+def _check_addresses(
+    host: dict[str, Any], smtp: dict[str, Any], sources: dict[str, str], chain: IniChain
+) -> None:
+    """``host.admin_emails`` and ``smtp.mail_from`` hold addresses an SMTP server can take."""
+    for key, values in (
+        ("host.admin_emails", host.get("admin_emails") or []),
+        ("smtp.mail_from", [smtp.get("mail_from")] if smtp.get("mail_from") else []),
+    ):
+        for value in values:
+            if isinstance(value, str) and _ADDRESS.fullmatch(value):
+                continue
+            source = sources.get(key, "")
+            where: dict[str, Any] = (
+                {"path": ENVIRONMENT, "key": source.removeprefix("env ")}
+                if source.startswith("env ")
+                else {"path": str(chain.origin(APP_SECTION, key)), "section": APP_SECTION, "key": key}
+            )
+            raise ConfigError(
+                f"{value!r} is not an email address",
+                **where,
+                hint="write addresses such as admin@example.org, separated by spaces or commas",
+            )
 
 
 #: Each serializer, the setting listing what its readers accept, and what a mismatch does.

@@ -7,6 +7,7 @@
 3. every task extension loads;
 4. no task name is registered twice;
 5. every periodic entry names a task that exists;
+5a. ``host.admin_emails`` has an ``smtp.server`` to go through;
 6. the broker, and the result store where it is Redis or a database, answer
    within a short timeout;
 7. (warnings, not failures) no setting would end the workers on a broker
@@ -14,7 +15,7 @@
    store's files are readable by their owner only; the embedded broker's
    size and the messages waiting in each of its queues are reported.
 
-Problems of kinds 1-5 are configuration problems (exit status 2); a service
+Problems of kinds 1-5a are configuration problems (exit status 2); a service
 that does not answer is exit status 1. Suitable as a health check for
 supervisor or a container.
 """
@@ -101,19 +102,58 @@ def service_checks(app: HostCelery, config: HostConfig, timeout: float) -> Itera
         yield backend
 
 
-def beat_checks(app: HostCelery, tasks: set[str]) -> Iterator[Check]:
-    """Every periodic entry names a task that exists (Celery's own tasks count)."""
+def beat_checks(
+    app: HostCelery,
+    config: HostConfig,
+    pm: HostPluginManager,
+    tasks: set[str],
+    check_election: Callable[[Any], None] | None = None,
+) -> Iterator[Check]:
+    """Every periodic entry names a task that exists (Celery's own tasks count).
+
+    The entries' schedules and keys were checked when the app was configured;
+    an unknown task is a configuration problem too (exit 2), naming the ini
+    section or the plugin the entry came from.
+
+    :param check_election: raises when beat could not elect its sender here
+        (:func:`core.beat.check_election`): a warning, since a site may send
+        periodic tasks without running beat on this machine.
+    """
+    from core.beat_entries import entry_sources, unknown_task_errors
+
     schedule = app.conf.beat_schedule or {}
-    unknown = {name: entry["task"] for name, entry in schedule.items() if entry.get("task") not in tasks}
-    for name, task in unknown.items():
-        yield Check(
-            f"beat entry {name}",
-            False,
-            f"runs task {task!r}, which no installed extension provides",
-            "install or enable the extension that provides it, or correct the entry",
-        )
+    sources = entry_sources(schedule, config, pm, app.host_changed_by)
+    unknown = unknown_task_errors(schedule, tasks, sources, pm)
+    for name, error in unknown:
+        yield from_error(f"beat entry {name}", error)
     if schedule and not unknown:
         yield Check("beat schedule", True, f"{_count(schedule, 'entry', 'entries')}, every task exists")
+    if schedule and check_election is not None:
+        try:
+            check_election(app)
+        except HostError as e:
+            # A site may send periodic tasks without running beat here; beat itself refuses to start.
+            warning = from_error("beat election", e)
+            warning.ok, warning.warning = True, True
+            warning.detail += ": host celerybeat and host celeryd -B will not start"
+            yield warning
+
+
+def notification_checks(config: HostConfig) -> Iterator[Check]:
+    """Failure emails (``host.admin_emails``) have an SMTP server to go through."""
+    from core import notify
+
+    problems = notify.problems(config)
+    for problem in problems:
+        yield Check(
+            "failure emails",
+            False,
+            problem,
+            fix=f"set smtp.server (and smtp.port, smtp.user...) in {config.path}, or HOST_SMTP_SERVER; "
+            "or leave host.admin_emails empty",
+        )
+    if config.host.get("admin_emails") and not problems:
+        yield Check("failure emails", True, notify.summary(config))
 
 
 def outage_checks(app: HostCelery) -> Iterator[Check]:

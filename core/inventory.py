@@ -9,22 +9,36 @@ error, if it has one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from core.discovery import Discovery
+    from core.errors import HostError
     from core.plugin_manager import HostPluginManager
 
 
-def inventory(pm: HostPluginManager, found: Discovery, reserved: set[str]) -> dict[str, list[dict[str, Any]]]:
-    """``{"plugins": [...], "task_extensions": [...]}``, ready for JSON.
+def inventory(
+    pm: HostPluginManager,
+    found: Discovery,
+    reserved: set[str],
+    beat_problems: Sequence[tuple[str, HostError]] = (),
+) -> dict[str, list[Any]]:
+    """``{"plugins": [...], "task_extensions": [...], "errors": [...]}``, ready for JSON.
 
     :param reserved: the commands ``host`` has itself; a plugin's command that
         takes one of those names is that plugin's error.
+    :param beat_problems: periodic entries whose task nobody provides: a
+        plugin's is that plugin's error; an ini entry's is listed in ``errors``.
     """
+    from core.errors import PluginError
+
     pm.commands(reserved)  # each plugin's record lists the commands it adds
     tasks_by_plugin: dict[str, list[str]] = {}
     errors_by_plugin: dict[str, str] = {}
+    for _, problem in beat_problems:
+        if isinstance(problem, PluginError):
+            errors_by_plugin.setdefault(problem.plugin, str(problem))
     for ext in found.extensions:
         if ext.plugin is not None:
             tasks_by_plugin[ext.plugin] = sorted(ext.tasks)
@@ -59,7 +73,8 @@ def inventory(pm: HostPluginManager, found: Discovery, reserved: set[str]) -> di
         for e in found.extensions
         if e.plugin is None
     ]
-    return {"plugins": plugins, "task_extensions": extensions}
+    errors = [str(problem) for _, problem in beat_problems if not isinstance(problem, PluginError)]
+    return {"plugins": plugins, "task_extensions": extensions, "errors": errors}
 
 
 def task_listing(found: Discovery, errors: list[Any]) -> dict[str, Any]:

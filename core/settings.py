@@ -9,7 +9,10 @@ In this order:
    the same with its ``ckan:SITE:`` queue prefix);
 3. the plugins' :func:`~plugins.hookspecs.host_queues`: declared queues
    (consumed by ``host celeryd`` unless ``-Q`` says otherwise) and routes;
-4. the plugins' :func:`~plugins.hookspecs.host_beat_schedule`;
+4. the periodic entries: the ini's ``[celerybeat:NAME]`` sections and
+   ``celery.beat_schedule``, then the plugins'
+   :func:`~plugins.hookspecs.host_beat_schedule`, each checked
+   (:mod:`core.beat_entries`); beat's state file under the ini's ``data/``;
 5. each plugin's :func:`~plugins.hookspecs.host_celery_config`, which sees
    all of the above and may change anything.
 
@@ -21,9 +24,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.config import HostConfig
+from core.errors import PluginError
 
 if TYPE_CHECKING:
     from core.plugin_manager import HostPluginManager
@@ -49,7 +54,13 @@ def queue_name(config: HostConfig, name: str) -> str:
 HOST_DEFAULTS = {
     # Bad messages are rejected with a clear log line and marked failed.
     "worker_consumer": "core.consumer:HostConsumer",
+    # Beat, in `host celerybeat` or `host celeryd -B`, sends only while it holds
+    # the site's lock: one scheduler fires however many run (core/beat.py).
+    "beat_scheduler": "core.beat:HostScheduler",
 }
+#: Celery's default beat state file, which it writes into the current folder;
+#: the host keeps it under the ini's data/ folder instead.
+CELERY_BEAT_FILENAME = "celerybeat-schedule"
 
 
 def effective_settings(
@@ -57,7 +68,7 @@ def effective_settings(
 ) -> list[tuple[str, Any, str, str | None]]:
     """Every setting in force, as ``host config show`` lists it: key, value, source, meaning.
 
-    The ini's ``host.*`` and ``celery.*`` values (with the environment and the
+    The ini's ``host.*``, ``celery.*`` and ``smtp.*`` values (with the environment and the
     defaults), the host's own defaults for Celery, what the plugins changed,
     and each plugin's options; passwords masked.
     """
@@ -65,10 +76,14 @@ def effective_settings(
 
     values = {f"host.{k}": v for k, v in sorted(config.host.items())}
     values.update({f"celery.{k}": v for k, v in sorted(config.celery.items())})
+    values.update({f"smtp.{k}": v for k, v in sorted(config.smtp.items())})
     sources = dict(config.sources)
     for key, value in HOST_DEFAULTS.items():
         if key not in config.celery:
             values[f"celery.{key}"], sources[f"celery.{key}"] = value, "host default"
+    if config.celery.get("beat_schedule_filename") in (None, CELERY_BEAT_FILENAME):
+        key = "celery.beat_schedule_filename"
+        values[key], sources[key] = app.conf.beat_schedule_filename, "host default"
     for key, plugin in sorted(app.host_changed_by.items()):
         values[f"celery.{key}"], sources[f"celery.{key}"] = app.conf.get(key), plugin
     for name, options in pm.options.items():
@@ -104,18 +119,26 @@ def celery_settings(
     """The settings for ``app.conf``, and which plugin set each setting a plugin changed.
 
     Plugin failures are recorded on the manager (``pm.errors``), not raised.
+
+    :raises ConfigError: for a periodic entry of the ini that cannot be (a
+        malformed crontab, bad JSON, an unknown key), naming its file and section.
     """
     settings = copy.deepcopy(dict(config.celery))
     changed_by: dict[str, str] = {}
     for key, value in HOST_DEFAULTS.items():
         settings.setdefault(key, value)
     _apply_site_prefix(settings, config, changed_by)
+    _apply_beat_defaults(settings, config)
     if pm is None:
+        _apply_beat(settings, config, None, changed_by)
+        _apply_beat_site(settings, config)
         return settings, changed_by
     queues, routes = pm.queues()
     _apply_queues(settings, config, queues, routes, changed_by)
-    _apply_beat(settings, pm.beat_entries(), changed_by)
+    _apply_beat(settings, config, pm, changed_by)
     changed_by.update(pm.adjust_settings(settings, config))
+    _recheck_beat(settings, pm, changed_by)
+    _apply_beat_site(settings, config)
     return settings, changed_by
 
 
@@ -226,12 +249,70 @@ def _as_routers(routes: Any) -> list[Any]:
     return list(routes) if isinstance(routes, (list, tuple)) else [routes]
 
 
-def _apply_beat(settings: dict[str, Any], entries: Mapping[str, Any], changed_by: dict[str, str]) -> None:
-    """The plugins' periodic entries join the ini's; the ini's own entries win on a name clash."""
-    if not entries:
+def _apply_beat_defaults(settings: dict[str, Any], config: HostConfig) -> None:
+    """Beat's scheduler elects one sender per site, and keeps its state under the ini's ``data/``.
+
+    A relative ``celery.beat_schedule_filename`` is taken from the ini's folder,
+    not from wherever the command was started.
+    """
+    filename = settings.get("beat_schedule_filename")
+    if not filename or filename == CELERY_BEAT_FILENAME:
+        settings["beat_schedule_filename"] = str(config.path.parent / "data" / CELERY_BEAT_FILENAME)
+    elif not Path(filename).is_absolute():
+        settings["beat_schedule_filename"] = str(config.path.parent / filename)
+
+
+def _apply_beat(
+    settings: dict[str, Any], config: HostConfig, pm: HostPluginManager | None, changed_by: dict[str, str]
+) -> None:
+    """One schedule from the ini's ``[celerybeat:NAME]`` sections and ``celery.beat_schedule``,
+    and the plugins' entries (an ini entry wins on a name clash), each checked
+    (:mod:`core.beat_entries`).
+    """
+    from core.beat_entries import beat_sections, merge
+
+    plugin_entries = pm.beat_entries() if pm is not None else {}
+    schedule, _ = merge(config, plugin_entries, pm)
+    if not schedule and "beat_schedule" not in settings:
         return
-    schedule = dict(settings.get("beat_schedule") or {})
-    for name, entry in entries.items():
-        schedule.setdefault(name, entry)
     settings["beat_schedule"] = schedule
-    changed_by["beat_schedule"] = "plugins (host_beat_schedule)"
+    contributed = []
+    if plugin_entries:
+        contributed.append("plugins (host_beat_schedule)")
+    if beat_sections(config):
+        contributed.append("[celerybeat:NAME] sections")
+    if contributed:
+        changed_by["beat_schedule"] = ", ".join(contributed)
+
+
+def _recheck_beat(settings: dict[str, Any], pm: HostPluginManager, changed_by: dict[str, str]) -> None:
+    """Entries a plugin's ``host_celery_config`` added or changed are checked like the others."""
+    from core.beat_entries import checked_entry
+
+    changer = changed_by.get("beat_schedule", "")
+    plugin = pm.record(changer[len("plugin ") :]) if changer.startswith("plugin ") else None
+    if plugin is None or not isinstance(settings.get("beat_schedule"), Mapping):
+        return
+    schedule = dict(settings["beat_schedule"])
+    for name, entry in list(schedule.items()):
+
+        def error(message: str, hint: str | None = None, *, _name: str = name) -> PluginError:
+            return plugin.error_for(f"host_celery_config() entry {_name!r}: {message}", hint=hint)
+
+        try:
+            schedule[name] = checked_entry(entry, error)
+        except PluginError as e:
+            pm.fail(plugin, e)
+            del schedule[name]
+    settings["beat_schedule"] = schedule
+
+
+def _apply_beat_site(settings: dict[str, Any], config: HostConfig) -> None:
+    """An entry's queue, as plugins and ``-Q`` name it, gets the site prefix."""
+    prefix = queue_prefix(config)
+    if not prefix:
+        return
+    for entry in (settings.get("beat_schedule") or {}).values():
+        options = entry.get("options") if isinstance(entry, dict) else None
+        if isinstance(options, Mapping) and isinstance(options.get("queue"), str):
+            entry["options"] = {**options, "queue": queue_name(config, options["queue"])}

@@ -4,6 +4,9 @@ Each hook is called for each plugin separately: one plugin raising is logged
 with its name, and the others are still called. A signal is only connected
 when some plugin implements its hook, so a host without such plugins runs
 its tasks exactly as plain Celery does.
+
+The failure emails of ``host.admin_emails`` (:mod:`core.notify`) are connected
+here too, beside the ``host_task_failure`` hook: both are called.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import signals
+
+from core import notify
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -44,6 +49,8 @@ def connect(app: Celery, pm: HostPluginManager) -> None:
         if callers:
             receiver = _RECEIVERS[signal_name](app, _notify(hook, callers))
             signal.connect(receiver, weak=False, dispatch_uid=uid)
+    # Failure emails to host.admin_emails: beside the host_task_failure hook, not instead of it.
+    notify.connect(app)
 
 
 Notify = Callable[..., None]

@@ -25,6 +25,7 @@ from core.errors import ConfigError, ExtensionError, HostError, combine
 
 if TYPE_CHECKING:
     from core.app import HostCelery
+    from core.beat_entries import Source
     from core.discovery import Discovery
     from core.health import Check
     from core.plugin_manager import HostPluginManager
@@ -113,22 +114,59 @@ class Host:
 
         return queue_name(self.config, name)
 
-    def unknown_beat_tasks(self) -> list[tuple[str, str]]:
-        """``(entry, task)`` for each periodic entry whose task no extension provides."""
+    def beat_sources(self) -> dict[str, Source]:
+        """Where each periodic entry came from: an ini section or key, or a plugin."""
+        from core.beat_entries import entry_sources
+
+        schedule = self.app.conf.beat_schedule or {}
+        return entry_sources(schedule, self.config, self.plugins, self.app.host_changed_by)
+
+    def beat_problems(self) -> list[tuple[str, HostError]]:
+        """``(entry, error)`` for each periodic entry whose task no installed extension provides.
+
+        An ini entry's error is a :class:`ConfigError` naming its file and
+        section; a plugin's is that plugin's :class:`~core.errors.PluginError`.
+        """
+        from core.beat_entries import unknown_task_errors
+
         schedule = self.app.conf.beat_schedule or {}
         known = set(self.discovery.task_names) | set(self.app.tasks)
-        return [
-            (name, entry.get("task"))
-            for name, entry in sorted(schedule.items())
-            if entry.get("task") not in known
-        ]
+        return unknown_task_errors(schedule, known, self.beat_sources(), self.plugins)
+
+    def beat_or_fail(self) -> dict[str, Any]:
+        """The schedule beat runs, every entry's task checked, for ``host celerybeat`` and ``celeryd -B``.
+
+        An ini entry naming a task nobody provides stops the command (exit 2);
+        a plugin's entry is the plugin's error, which ``host.extensions.on_error
+        = warn`` skips with a warning (the entry is left out). So does a lock
+        store beat cannot elect through (``host.locks.url``).
+        """
+        from core.beat import check_election
+
+        check_election(self.app)
+        problems = self.beat_problems()
+        ini = [error for _, error in problems if isinstance(error, ConfigError)]
+        if ini:
+            raise combine_entries(ini)
+        from_plugins = [(name, error) for name, error in problems if not isinstance(error, ConfigError)]
+        enforce([error for _, error in from_plugins], self.config, self.warn)
+        schedule = dict(self.app.conf.beat_schedule or {})
+        if from_plugins:
+            for name, _ in from_plugins:
+                schedule.pop(name, None)
+            self.app.conf.beat_schedule = schedule
+        return schedule
 
     def beat_schedule_folder(self) -> Path:
-        """The folder beat keeps its schedule file in, created; it must be writable."""
+        """The folder beat keeps its state file in (``data/`` by the ini unless it says), created.
+
+        Created private (0700), as the embedded stores' folder is: it must be
+        writable by the user beat runs as.
+        """
         key = "celery.beat_schedule_filename"
         folder = Path(self.config.path.parent, self.app.conf.beat_schedule_filename).parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(
                 f"cannot create the folder {folder}: {e.strerror}",
@@ -138,6 +176,14 @@ class Host:
                 hint="create it, writable by the user beat runs as, or name another file",
             ) from e
         return folder
+
+
+def combine_entries(errors: Sequence[HostError]) -> HostError:
+    """One error for several periodic entries that cannot run: the only one, or a numbered list."""
+    if len(errors) == 1:
+        return errors[0]
+    text = "\n".join(f"  {i}. {e}" for i, e in enumerate(errors, 1))
+    return ConfigError(f"{len(errors)} periodic entries cannot run:\n{text}", hint="correct each entry")
 
 
 def plugin_commands(config_path: str | None, reserved: set[str]) -> tuple[dict[str, Any], str | None]:
@@ -282,7 +328,14 @@ def diagnose(app: HostCelery, config_path: str | None, timeout: float, commands:
     yield from health.plugin_checks(pm, commands)
     found = discover(app, config, plugin_manager=pm)
     yield from health.extension_checks(found)
-    yield from health.beat_checks(app, set(found.task_names) | set(app.tasks))
+    from core.beat import check_election
+
+    yield from health.beat_checks(app, config, pm, set(found.task_names) | set(app.tasks), check_election)
+    yield from health.notification_checks(config)
     yield from health.service_checks(app, config, timeout)
     yield from health.outage_checks(app)
     yield from health.embedded_store_checks(app)
+    from core import exclusive, locks
+
+    needed = any(exclusive.is_exclusive(task) for task in app.tasks.values())
+    yield from locks.doctor_checks(app, needed=needed)

@@ -221,7 +221,7 @@ def _worker(d: Deployment, program: str, queues: tuple[str, ...], wait: int, why
 def _beat(d: Deployment, program: str) -> str:
     lines = [
         f"[program:{program}]",
-        "; exactly one beat per deployment: two would send every periodic task twice",
+        "; one beat per machine is enough: several elect one active scheduler (host.locks.url)",
         f"command = {shlex.join([str(d.host_bin), 'celerybeat', '--config', str(d.config.path)])}",
         "numprocs = 1",
         *_common(d, f"{program}.log"),

@@ -23,15 +23,15 @@ import pluggy
 from plugins.hookspecs import PROJECT
 
 if TYPE_CHECKING:
-    from plugins.toolkit import host_config, plugin_config, send_many, send_task
+    from plugins.toolkit import exclusive_task, host_config, plugin_config, send_many, send_task
 
-__all__ = ["celery", "host_config", "hookimpl", "plugin_config", "send_many", "send_task"]
+__all__ = ["celery", "exclusive_task", "host_config", "hookimpl", "plugin_config", "send_many", "send_task"]
 
 #: Marks a function as the implementation of the hook with the same name.
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
-_TOOLKIT = ("host_config", "plugin_config", "send_many", "send_task")
+_TOOLKIT = ("exclusive_task", "host_config", "plugin_config", "send_many", "send_task")
 
 
 def __getattr__(name: str) -> Any:

@@ -132,12 +132,14 @@ def host_queues() -> Mapping[str, Sequence[str]]:
 def host_beat_schedule() -> Mapping[str, Mapping[str, Any]]:
     """Contribute periodic tasks.
 
-    Merged into Celery's ``beat_schedule`` (entries in the ini's
-    ``celery.beat_schedule`` win on a name clash), which the beat process
-    runs. Called once while the app is configured.
+    Merged into Celery's ``beat_schedule`` (the ini's entries, its
+    ``[celerybeat:NAME]`` sections and ``celery.beat_schedule``, win on a
+    name clash), which the beat process runs. Called once while the app is
+    configured.
 
-    :return: ``{entry name: {"task": name, "schedule": seconds or a
-        celery.schedules object, "args": [...], "kwargs": {...},
+    :return: ``{entry name: {"task": name, "schedule": seconds, a timedelta,
+        a celery.schedules object or a string as the ini writes it ("5m",
+        "*/15 * * * *", "@daily"), "args": [...], "kwargs": {...},
         "options": {...}}}``, the format of Celery's ``beat_schedule``.
     """
 
@@ -226,8 +228,11 @@ def host_task_failure(
 ) -> None:
     """A task has failed for good (Celery's ``task_failure`` signal).
 
-    Called in the process that ran the task, after its final attempt: a task
-    that retries fires this only when it gives up. Use it to notify someone.
+    Called after the task's final attempt: a task that retries fires this only
+    when it gives up. It runs in the pool process that ran the task, or in the
+    worker's main process for a failure Celery sees there (a hard time limit).
+    ``host.admin_emails`` already mails the admins; use this hook to alert
+    anywhere else. Keep it quick: it runs on the worker's time.
 
     :param task: the task object.
     :param task_id: the task's id.

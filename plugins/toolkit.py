@@ -9,14 +9,16 @@ Nothing here is imported until called: ``import plugins`` stays cheap.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from celery.result import AsyncResult
 
     from core.app import HostCelery
     from core.config import HostConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _app() -> HostCelery:
@@ -90,3 +92,25 @@ def send_many(name: str, items: Iterable[Any], **options: Any) -> list[str]:
     app = _app()
     app.configure_from_environment()
     return send(app, name, items, **options)
+
+
+def exclusive_task(lock_id: str | None = None, **options: Any) -> Callable[[F], F]:
+    """Make a task exclusive: at most one run at a time per lock id (put it under ``@celery.task``).
+
+    ::
+
+        @celery.task(name="myext.reindex")
+        @exclusive_task(lock_id="dataset-{dataset_id}")
+        def reindex(dataset_id): ...
+
+    ``lock_id`` is a :meth:`str.format` template over the task's arguments by
+    name (default: the task's name). A call finding the lock held succeeds at
+    once with ``{"status": "already running", "holder": TASK_ID, ...}``
+    (``on_locked="retry"``: it is retried later). ``expires`` (default
+    ``host.locks.expires``), ``on_unavailable`` (``"retry"`` or ``"fail"``),
+    ``countdown`` and seed 001's ``task_name`` are the other options; see
+    :func:`core.exclusive.exclusive_task` and docs/extensions.md.
+    """
+    from core.exclusive import exclusive_task as make
+
+    return make(lock_id, **options)

@@ -180,6 +180,10 @@ def test_host_keys_are_converted(tmp_path: Path) -> None:
         "site_id": "shop-2",
         "allow_root": True,
         "max_message_bytes": 4096,
+        "locks.url": "",
+        "locks.expires": 60.0,
+        "admin_emails": [],
+        "admin_emails_interval": 300.0,
     }
     assert config.host["extensions.on_error"] == "warn"
 
@@ -336,7 +340,7 @@ def test_unknown_host_key_with_nothing_close(tmp_path: Path) -> None:
 def test_key_in_neither_namespace(tmp_path: Path) -> None:
     assert error_text(tmp_path, "broker_url = amqp://\n") == (
         where(tmp_path, "broker_url")
-        + "unknown key: settings in this section start with 'celery.' or 'host.'\n"
+        + "unknown key: settings in this section start with 'celery.', 'host.' or 'smtp.'\n"
         + "  -> write celery.broker_url for a Celery setting, or remove it"
     )
 
@@ -564,8 +568,20 @@ def test_json_only_defaults(tmp_path: Path) -> None:
         "celery_task.disabled": [],
         "allow_root": False,
         "max_message_bytes": 10 * 1024 * 1024,
+        "locks.url": "",
+        "locks.expires": 60.0,
         "plugins": [],
         "site_id": "",
+        "admin_emails": [],
+        "admin_emails_interval": 300.0,
+    }
+    assert config.smtp == {
+        "server": "",
+        "port": 25,
+        "starttls": False,
+        "user": "",
+        "password": "",
+        "mail_from": "",
     }
     assert set(config.sources.values()) == {"default"}
     assert config.has_logging is False
@@ -799,10 +815,19 @@ def test_sources_record_where_each_value_came_from(tmp_path: Path) -> None:
         "host.celery_task.disabled": "default",
         "host.allow_root": "default",
         "host.max_message_bytes": "default",
+        "host.locks.url": "default",
+        "host.locks.expires": "default",
         "host.plugins": "default",
         "host.site_id": "default",
+        "host.admin_emails": "default",
+        "host.admin_emails_interval": "default",
+        **{f"smtp.{k}": "default" for k in ("server", "port", "starttls", "user", "password", "mail_from")},
     }
-    assert set(config.sources) == {f"celery.{k}" for k in config.celery} | {f"host.{k}" for k in config.host}
+    assert set(config.sources) == (
+        {f"celery.{k}" for k in config.celery}
+        | {f"host.{k}" for k in config.host}
+        | {f"smtp.{k}" for k in config.smtp}
+    )
 
 
 # -- masking --------------------------------------------------------------------------

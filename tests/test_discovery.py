@@ -596,6 +596,7 @@ def test_installed_example_ext(app: HostCelery, tmp_path: Path, fresh_example_ex
             "example.echo",
             "example.flaky",
             "example.process_info",
+            "example.reindex",
             "example.word_count",
         )
     ]

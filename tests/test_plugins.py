@@ -1544,6 +1544,7 @@ def test_doctor_on_a_healthy_setup(site: Site, tmp_path: Path) -> None:
         "result store",
         "embedded broker",
         "embedded result store",
+        "lock store",
     ]
     assert lines[:2] == [f"ok   config: {ini} is valid", "ok   plugins: hello (hello-plugin==1.0)"]
     assert lines[4] == "ok   beat schedule: 1 entry, every task exists"
@@ -1586,7 +1587,11 @@ def test_doctor_on_a_stopped_broker(site: Site, tmp_path: Path) -> None:
     cli_site(site)
     port = closed_port()
     broker = f"amqp://guest:s3cret@127.0.0.1:{port}//"
-    ini = write_ini(ini_path(tmp_path), EMBEDDED.replace("embedded+sqlite:///%(here)s/broker.sqlite", broker))
+    # example_ext's exclusive task needs a lock store, which a RabbitMQ site names itself.
+    locks = "host.locks.url = embedded+sqlite:///%(here)s/locks.sqlite\n"
+    ini = write_ini(
+        ini_path(tmp_path), EMBEDDED.replace("embedded+sqlite:///%(here)s/broker.sqlite", broker) + locks
+    )
 
     done = doctor(site, ini)
 

@@ -54,6 +54,7 @@ celery.result_backend = {results}
 celery.worker_redirect_stdouts_level = INFO
 host.site_id = {site}
 host.plugins = example
+host.locks.url = {results}
 
 [plugin:example]
 greeting = Hello

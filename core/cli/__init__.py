@@ -3,7 +3,9 @@
 * :mod:`core.cli.worker` -- ``celeryd``, ``celerybeat``;
 * :mod:`core.cli.send` -- ``send``, ``result``;
 * :mod:`core.cli.info` -- ``tasks``, ``plugins``, ``config show``, ``doctor``;
-* :mod:`core.cli.deploy` -- ``supervisor``.
+* :mod:`core.cli.deploy` -- ``supervisor``;
+* :mod:`core.cli.locks` -- ``locks``, ``locks release``;
+* :mod:`core.cli.schedule` -- ``schedule``.
 
 A command parses its options, calls one function of :mod:`core.startup` or
 the domain, and renders what it gets (:mod:`core.cli.render`).
@@ -11,12 +13,12 @@ the domain, and renders what it gets (:mod:`core.cli.render`).
 
 from __future__ import annotations
 
-from core.cli import deploy, info, send, worker
+from core.cli import deploy, info, locks, schedule, send, worker
 from core.cli.base import cli
 
 __all__ = ["cli", "main"]
 
-for _module in (worker, send, info, deploy):
+for _module in (worker, send, info, deploy, locks, schedule):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

@@ -49,9 +49,13 @@ def plugins_command(config_path: str | None, as_json: bool) -> None:
     from core.inventory import inventory
 
     h = host(config_path, strict=False)
-    listing = inventory(h.plugins, h.discovery, reserved=set(cli.commands))
+    listing = inventory(h.plugins, h.discovery, reserved=set(cli.commands), beat_problems=h.beat_problems())
     click.echo(json.dumps(listing, indent=2) if as_json else render.inventory(listing))
-    if any(item["error"] and item.get("enabled", True) for items in listing.values() for item in items):
+    if not as_json:
+        for error in listing["errors"]:
+            click.echo(f"Error: {error}", err=True)
+    broken = [item for key in ("plugins", "task_extensions") for item in listing[key]]
+    if listing["errors"] or any(item["error"] and item.get("enabled", True) for item in broken):
         sys.exit(2)
 
 

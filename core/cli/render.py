@@ -78,3 +78,20 @@ def _details(lines: list[str], item: dict[str, Any]) -> None:
         first, *rest = item["error"].splitlines()
         lines.append(f"    error:       {first}")
         lines.extend(f"                 {line.strip()}" for line in rest)
+
+
+def schedule_table(listing: dict[str, Any]) -> str:
+    """``host schedule``: one row per periodic entry, then where the last runs were read."""
+    rows = listing["entries"]
+    if not rows:
+        return "Periodic entries: none ([celerybeat:NAME] sections, celery.beat_schedule, host_beat_schedule)"
+    head = {"entry": "ENTRY", "task": "TASK", "schedule": "SCHEDULE", "next_due": "NEXT DUE"}
+    head["source"] = "FROM"
+    cols = list(head)
+    cells = [{c: str(r.get(c) or "") for c in cols} for r in rows]
+    widths = {c: max(len(head[c]), *(len(r[c]) for r in cells)) for c in cols}
+    lines = ["Periodic entries:"] + [
+        "  " + "  ".join(r[c].ljust(widths[c]) for c in cols).rstrip() for r in [head, *cells]
+    ]
+    lines.append(f"Last runs from: {listing['state']} (times in {listing['timezone']})")
+    return "\n".join(lines)

@@ -38,11 +38,17 @@ def celeryd(config_path: str | None, worker_args: tuple[str, ...]) -> None:
         h.setup_logging()
         h.refuse_root("a worker")
         found = h.tasks_or_fail()
+        beat = embeds_beat(worker_args)
+        if beat:
+            schedule = h.beat_or_fail()
+            h.beat_schedule_folder()
     except BaseException:
         release_collection()
         raise
     click.echo(render.task_table(found.task_rows(), title="Tasks from installed extensions"), err=True)
     click.echo(render.plugins_line(h.plugins), err=True)
+    if beat:
+        click.echo(f"Periodic entries (-B): {', '.join(sorted(schedule)) or 'none'}", err=True)
     argv = ["worker", *site_queues(worker_args, h.queue_name), *_default_loglevel(worker_args)]
     sys.exit(run_celery(h.app, argv))
 
@@ -51,8 +57,9 @@ def celeryd(config_path: str | None, worker_args: tuple[str, ...]) -> None:
 @config_option
 @click.argument("beat_args", nargs=-1, type=click.UNPROCESSED)
 def celerybeat(config_path: str | None, beat_args: tuple[str, ...]) -> None:
-    """Start the periodic-task scheduler (run exactly one). Every other option goes to
-    `celery beat` unchanged (`host celerybeat -- --help` lists them).
+    """Start the periodic-task scheduler. Several may run: one sends, the others stand
+    by and take over when it stops. Every other option goes to `celery beat`
+    unchanged (`host celerybeat -- --help` lists them).
 
     Exit status: 0 after SIGTERM or SIGINT, 1 when beat stops on an error, 2 on a
     configuration problem.
@@ -65,17 +72,25 @@ def celerybeat(config_path: str | None, beat_args: tuple[str, ...]) -> None:
     h.setup_logging()
     h.refuse_root("beat")
     h.tasks_or_fail()
-    for name, task in h.unknown_beat_tasks():
-        click.echo(
-            f"warning: beat entry {name!r} runs task {task!r}, which no installed extension provides",
-            err=True,
-        )
-    click.echo(f"Periodic entries: {', '.join(sorted(h.app.conf.beat_schedule or {})) or 'none'}", err=True)
+    schedule = h.beat_or_fail()
+    click.echo(f"Periodic entries: {', '.join(sorted(schedule)) or 'none'}", err=True)
     h.beat_schedule_folder()
     sys.exit(run_celery(h.app, ["beat", *beat_args, *_default_loglevel(beat_args)]))
 
 
 COMMANDS = [celeryd, celerybeat]
+
+
+def embeds_beat(args: tuple[str, ...] | list[str]) -> bool:
+    """``-B``/``--beat`` among ``celery worker``'s options (``-B`` may be grouped: ``-Bc2``)."""
+    for arg in args:
+        if arg == "--":
+            continue
+        if arg == "--beat":
+            return True
+        if arg.startswith("-") and not arg.startswith("--") and "B" in arg[1:2]:
+            return True
+    return False
 
 
 def _celery_help(command: str, celery_command: str) -> None:

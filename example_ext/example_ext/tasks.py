@@ -1,9 +1,11 @@
 """The example extension's tasks: the patterns the docs teach."""
 
 import os
+import time
 
 from core.celery_app import celery
 from example_ext.plugin import PROCESS_STATE
+from plugins import exclusive_task
 
 
 @celery.task(name="example.echo")
@@ -53,3 +55,15 @@ celery.register_task(WordCount())
 def process_info():
     """Which process ran this, and which one ran the plugin's per-process set-up."""
     return {"pid": os.getpid(), "initialised_in": PROCESS_STATE["initialised_in"]}
+
+
+@celery.task(name="example.reindex")
+@exclusive_task(lock_id="dataset-{dataset_id}")
+def reindex(dataset_id, seconds=1.0):
+    """Rebuild one dataset's index: never twice at once for the same dataset.
+
+    A call while another runs for the same dataset does not run: it succeeds
+    at once with {"status": "already running", "holder": <that task's id>, ...}.
+    """
+    time.sleep(seconds)
+    return {"dataset_id": dataset_id, "reindexed": True}
