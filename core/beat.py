@@ -172,11 +172,14 @@ class RedisBeatState:
     def __init__(self, url: str, key: str) -> None:
         import redis
 
+        from core.locks import one_retry
         from core.masking import mask_url
 
         self.key = key
         self.where = f"{mask_url(url)} {key}"
-        self._client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=5.0, socket_connect_timeout=5.0, retry=one_retry()
+        )
 
     def _call(self, what: str, call: Any) -> Any:
         import redis
@@ -287,12 +290,13 @@ class HostScheduler(Scheduler):
     def apply_entry(self, entry: Any, producer: Any = None) -> None:
         """Record the run in the shared state, then send it; neither unless the lease is still ours."""
         if not (self.active and self._lease_left()):
-            self.elect()  # the lease ran short while sending others: renew before sending any more
-            if not self.active:
-                logger.warning(
-                    "beat: not sending %s: this scheduler does not hold %s", entry.name, self.lock_id
-                )
-                return
+            # The lease ran short within this tick: send nothing more now. Electing here would
+            # reload the shared state over the entry Celery just reserved; the next tick elects.
+            self._next_election = 0.0
+            logger.warning(
+                "beat: not sending %s now: this scheduler's hold on %s ran short", entry.name, self.lock_id
+            )
+            return
         current = self.schedule.get(entry.name, entry)  # Celery reserved it: its last_run_at is now
         last_run_at = self._timestamp(current.last_run_at)
         try:
@@ -300,6 +304,11 @@ class HostScheduler(Scheduler):
         except Exception as e:
             self._fail_closed(e)
             logger.warning("beat: not sending %s: its run could not be recorded", entry.name)
+            return
+        if not self._lease_left():
+            # Recording took long enough that another scheduler may hold the lock by now.
+            self._next_election = 0.0
+            logger.warning("beat: not sending %s: recording its run outlasted the lease margin", entry.name)
             return
         headers = dict(entry.options.get("headers") or {})
         headers[HEADER] = {

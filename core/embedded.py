@@ -492,7 +492,12 @@ class Transport(virtual.Transport):
 
     @property
     def consumer(self) -> Consumer:
-        """This process's consumer on the store, with its lease: made when first needed."""
+        """This process's consumer on the store, with its lease: made when first needed.
+
+        A consumer that lost its lease is not replaced here: this connection's
+        queues went with it, so the connection must be made anew (LeaseLost).
+        """
+        self._check_lease()
         consumer = self.existing_consumer()
         if consumer is None:
             # The store may be new to a process that only published so far.

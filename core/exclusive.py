@@ -24,14 +24,15 @@ While the task runs, a thread renews the lock every third of its expiry.
 (the store does not answer), the attempt is ended:
 
 * in a worker whose task runs in its process's main thread (the prefork
-  pool's child, the default, or ``-P solo``), that process is sent SIGKILL
+  pool's child, the default; under ``-P solo`` that is the worker itself),
+  and not eagerly or called directly, that process is sent SIGKILL
   a sixth of the expiry before the lock could expire. The worker's pool sees
   its child lost; with ``task_acks_late`` and ``task_reject_on_worker_lost``
   (``development.ini``, ``production.ini``) the message is delivered again
   and the task runs once the lock can be taken; without them it fails with
   ``WorkerLostError``. SIGKILL, not SIGTERM: no handler the task installed
   can delay it, and it is what Celery's own hard time limit sends.
-* anywhere else (a thread pool, a call outside a worker), the task's thread
+* anywhere else (a thread pool, an eager call, a call outside a worker), the task's thread
   gets :class:`LockLost` raised in it asynchronously: Python checks for it
   between bytecodes, so a task blocked in C code is interrupted only when it
   returns to Python. This case is best effort; run exclusive tasks in the
@@ -59,6 +60,8 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from celery import signals
 
 from core.locks import LockStore, LockStoreUnavailable, default_expires, lock_store
 
@@ -234,6 +237,13 @@ class Guard:
         if token is None:
             return self._locked(task_id)
         renewer = Renewer(self.store, self.lock_id, token, self.expires, self.task.name, holder, asked)
+        request = self.task.request
+        renewer.may_end_process = (
+            _worker_process
+            and renewer.task_thread is threading.main_thread()
+            and not request.is_eager
+            and not request.called_directly
+        )
         renewer.start()
         try:
             return call()
@@ -260,6 +270,18 @@ class Guard:
         except LockStoreUnavailable:
             current = None
         holder = current.holder if current is not None else None
+        if holder is not None and holder == task_id and not self.task.request.called_directly:
+            # Our own earlier attempt's lock (a retry published before its release, or the
+            # redelivery after an attempt ended fail-closed): wait for it, never skip ourselves.
+            wait = max(current.expires_in if current is not None else 0.0, 1.0)
+            logger.info(
+                "%s[%s]: lock %r is still held by this task's earlier attempt: retrying in %g s",
+                self.task.name,
+                task_id,
+                self.lock_id,
+                wait,
+            )
+            raise self.task.retry(countdown=wait)
         if self.on_locked == "retry" and task_id and not self.task.request.called_directly:
             logger.info(
                 "%s[%s]: lock %r is held by %s: retrying in %g s",
@@ -305,6 +327,8 @@ class Renewer:
         self.task, self.holder = task, holder
         #: The thread running the task: the one to interrupt outside a process of its own.
         self.task_thread = threading.current_thread()
+        #: The task runs in a worker's task process, in its main thread: fail closed by ending it.
+        self.may_end_process = False
         self._stopped = threading.Event()
         self._state = threading.Lock()
         #: When the last successful renewal (or the acquire) was sent: the lock
@@ -370,7 +394,7 @@ class Renewer:
 def fail_closed(renewer: Renewer, reason: str) -> None:
     """End the attempt of a task that lost its lock (see the module's documentation)."""
     where = f"{renewer.task}[{renewer.holder}]: lock {renewer.lock_id!r} lost: {reason}"
-    if renewer.task_thread is threading.main_thread() and _in_worker():
+    if renewer.may_end_process:
         logger.error(
             "%s; ending this process (pid %d) so that the task does not go on unguarded", where, os.getpid()
         )
@@ -385,8 +409,12 @@ def fail_closed(renewer: Renewer, reason: str) -> None:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(LockLost))
 
 
-def _in_worker() -> bool:
-    """This process runs tasks for a Celery worker (a pool child, or a ``-P solo`` worker)."""
-    import sys
+#: This process runs a worker's tasks: a prefork pool child, or a ``-P solo`` worker.
+_worker_process = False
 
-    return "celery.worker" in sys.modules or "celery.concurrency.prefork" in sys.modules
+
+@signals.worker_process_init.connect(weak=False)
+@signals.worker_init.connect(weak=False)
+def _mark_worker_process(**kwargs: Any) -> None:
+    global _worker_process
+    _worker_process = True

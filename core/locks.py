@@ -62,6 +62,18 @@ REDIS_TIMEOUT = 5.0
 _TOKEN_LENGTH = 32  # uuid4().hex
 
 
+def one_retry() -> Any:
+    """redis-py's retry policy for the lock store: one retry at once (a dropped idle connection).
+
+    redis-py retries a failed command several times with backoff by default, which can make one
+    command last a minute: longer than a lease's safety margin.
+    """
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return Retry(NoBackoff(), 1)
+
+
 class LockStoreUnavailable(ServiceUnavailable):
     """The lock store cannot be reached (exit status 1 in a command); the message names its masked URL."""
 
@@ -233,7 +245,7 @@ class RedisLockStore:
         self.url = mask_url(url)
         self.prefix = prefix
         self._client = redis.Redis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, retry=one_retry()
         )
 
     def _lock(self, lock_id: str, expires: float | None = None, token: str | None = None) -> Any:
@@ -261,6 +273,11 @@ class RedisLockStore:
         token = new_token(holder)
         lock = self._lock(lock_id, expires)
         taken = self._call(lambda: lock.acquire(blocking=False, token=token))
+        if not taken:
+            # SET NX is not safe to repeat: if a first attempt took the lock but its reply was
+            # lost, the retry finds the key set -- by us.
+            value = self._call(lambda: self._client.get(self.prefix + lock_id))
+            taken = value is not None and value == token.encode()
         return token if taken else None
 
     def renew(self, lock_id: str, token: str, expires: float) -> bool:

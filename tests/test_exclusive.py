@@ -242,6 +242,28 @@ def test_on_locked_retry_runs_the_call_once_the_lock_is_free(stores: Stores, tmp
     assert started(folder) == [holder, waiter] and done(folder)[-1] == waiter
 
 
+def test_a_call_finding_its_own_earlier_attempts_lock_waits_for_it(stores: Stores, tmp_path: Path) -> None:
+    """The lock left by this task's own earlier attempt (a retry, or a redelivery after an
+    attempt ended fail-closed) is waited for: never "already running" naming itself."""
+    key = uuid.uuid4().hex[:8]
+    folder = tmp_path / "own"
+    folder.mkdir()
+    task_id = str(uuid.uuid4())
+    token = stores.store.acquire(f"hold-{key}", task_id, EXPIRES)  # as the earlier attempt left it
+    assert token is not None
+    stores.app.send_task("exclusive.hold", args=[key, str(folder)], task_id=task_id)
+    stores.worker.wait_for_log(
+        rf"exclusive.hold\[{task_id}\]: lock 'hold-{key}' is still held by this task's earlier attempt"
+    )
+    assert started(folder) == []
+    assert stores.store.release(f"hold-{key}", token)
+    wait_until(
+        lambda: started(folder) == [task_id], DEADLINE, "the task to run once its lock is free", stores.tail
+    )
+    open_gate(folder)
+    assert stores.finished(task_id)[1]["key"] == key
+
+
 def test_seed_001s_form_on_the_run_method_of_a_class_based_task(stores: Stores, tmp_path: Path) -> None:
     folder = tmp_path / "seed"
     folder.mkdir()

@@ -82,14 +82,20 @@ COMMANDS = [celeryd, celerybeat]
 
 
 def embeds_beat(args: tuple[str, ...] | list[str]) -> bool:
-    """``-B``/``--beat`` among ``celery worker``'s options (``-B`` may be grouped: ``-Bc2``)."""
+    """``-B``/``--beat`` among ``celery worker``'s options (``-B`` may be grouped: ``-Bc2``, ``-EB``)."""
     for arg in args:
         if arg == "--":
             continue
         if arg == "--beat":
             return True
-        if arg.startswith("-") and not arg.startswith("--") and "B" in arg[1:2]:
-            return True
+        if arg.startswith("-") and not arg.startswith("--"):
+            # A group of flags (-EB, -Bc2): -E takes no value; any other letter that is not
+            # -B takes the rest of the group as its value (-nB@host is a node name).
+            for letter in arg[1:]:
+                if letter == "B":
+                    return True
+                if letter != "E":
+                    break
     return False
 
 
