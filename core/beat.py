@@ -47,7 +47,6 @@ import os
 import socket
 import sqlite3
 import threading
-import time
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +56,7 @@ from celery.beat import Scheduler
 from celery.utils.time import maybe_make_aware
 
 from core.errors import HostError, ServiceUnavailable
+from core.locks import lease_clock
 
 if TYPE_CHECKING:
     from core.beat_entries import Source
@@ -280,12 +280,12 @@ class HostScheduler(Scheduler):
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Elect when it is time, then, if active, run Celery's tick: send at most one due entry."""
-        if time.monotonic() >= self._next_election or (self.active and not self._lease_left()):
+        if lease_clock() >= self._next_election or (self.active and not self._lease_left()):
             self.elect()
         if not self.active:
-            return max(self._next_election - time.monotonic(), 0.05)
+            return max(self._next_election - lease_clock(), 0.05)
         delay = super().tick(*args, **kwargs)
-        return max(0.0, min(delay, self._next_election - time.monotonic()))
+        return max(0.0, min(delay, self._next_election - lease_clock()))
 
     def apply_entry(self, entry: Any, producer: Any = None) -> None:
         """Record the run in the shared state, then send it; neither unless the lease is still ours."""
@@ -349,7 +349,7 @@ class HostScheduler(Scheduler):
 
     def elect(self) -> None:
         """Renew the lock held, or try to take it; become active or stand by accordingly."""
-        started = time.monotonic()
+        started = lease_clock()
         self._next_election = started + self.renew_every
         try:
             store = self._lock_store()
@@ -426,7 +426,7 @@ class HostScheduler(Scheduler):
 
     def _lease_left(self) -> bool:
         """At least a third of the expiry is left of the lease, by this process's clock."""
-        return time.monotonic() - self._lease_from < self.expires * 2 / 3
+        return lease_clock() - self._lease_from < self.expires * 2 / 3
 
     def _lock_store(self) -> LockStore:
         if self._locks is None:

@@ -56,14 +56,13 @@ import os
 import signal
 import string
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from celery import signals
 
-from core.locks import LockStore, LockStoreUnavailable, default_expires, lock_store
+from core.locks import LockStore, LockStoreUnavailable, default_expires, lease_clock, lock_store
 
 if TYPE_CHECKING:
     from celery import Task
@@ -219,7 +218,7 @@ class Guard:
     def run(self, call: Callable[[], Any]) -> Any:
         task_id = self.task.request.id
         holder = task_id or f"direct-{uuid.uuid4().hex[:12]}@{os.getpid()}"
-        asked = time.monotonic()  # the lock's expiry starts after this moment
+        asked = lease_clock()  # the lock's expiry starts after this moment
         try:
             token = self.store.acquire(self.lock_id, holder, self.expires)
         except LockStoreUnavailable as e:
@@ -355,7 +354,7 @@ class Renewer:
         interval = self.expires / 3
         wait = interval
         while not self._stopped.wait(wait):
-            started = time.monotonic()
+            started = lease_clock()
             try:
                 ours = self.store.renew(self.lock_id, self.token, self.expires)
             except LockStoreUnavailable as e:
@@ -373,7 +372,7 @@ class Renewer:
 
     def _watch(self) -> None:
         while True:
-            left = self.deadline - time.monotonic()
+            left = self.deadline - lease_clock()
             if self._lost is None and left > 0:
                 self._changed.wait(min(left, self.expires / 6))
                 self._changed.clear()
@@ -384,7 +383,7 @@ class Renewer:
                 if self._stopped.is_set():
                     return
                 reason = self._lost or (
-                    f"it could not be renewed for {time.monotonic() - self._renewed_at:.1f} s "
+                    f"it could not be renewed for {lease_clock() - self._renewed_at:.1f} s "
                     f"(it expires after {self.expires:g} s)"
                 )
                 fail_closed(self, reason)

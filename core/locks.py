@@ -62,6 +62,20 @@ REDIS_TIMEOUT = 5.0
 _TOKEN_LENGTH = 32  # uuid4().hex
 
 
+def lease_clock() -> float:
+    """Seconds on a clock that goes on while the machine is suspended, as lock expiries do.
+
+    Redis expires a key, and the embedded store compares ``expires_at``, in
+    time that passes during a suspend; ``time.monotonic()`` stops then on
+    Linux, so a holder that woke up would think it had time left. Linux's
+    ``CLOCK_BOOTTIME`` does not stop; elsewhere ``time.monotonic()``.
+    """
+    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
+
+
+_BOOTTIME: int | None = getattr(time, "CLOCK_BOOTTIME", None)
+
+
 def one_retry() -> Any:
     """redis-py's retry policy for the lock store: one retry at once (a dropped idle connection).
 
