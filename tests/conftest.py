@@ -98,6 +98,14 @@ class Site:
         return [ep for dist in found for ep in dist.entry_points if ep.group == group]
 
 
+def install_site(directory: Path, name: str, entry_points: dict[str, dict[str, str]]) -> Path:
+    """The distribution ``name`` with these entry points, alone in ``directory/site``; that folder."""
+    site = Site(directory / "site")
+    site.path.mkdir()
+    site.add(name, "1.0", entry_points=entry_points)
+    return site.path
+
+
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
     """A fresh site folder on ``sys.path``; the modules it provided are forgotten afterwards."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta, timezone
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 
 from conftest import ROOT, Site
-from worker import HOST, Worker, host, host_env, started_worker, wait_until, write_ini
+from worker import HOST, Worker, host, host_env, started, started_worker, wait_until, write_ini
 
 TESTS = ROOT / "tests"
 
@@ -75,27 +74,8 @@ def runs(directory: Path) -> list[dict[str, Any]]:
 @contextmanager
 def running_beat(ini: Path, env: dict[str, str], directory: Path) -> Iterator[Worker]:
     """``host celerybeat`` on ``ini``, in a session of its own; SIGTERM (then SIGKILL) at the end."""
-    log_path = directory / f"beat-{uuid.uuid4().hex[:8]}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [HOST, "celerybeat", "--config", str(ini)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=directory,
-            start_new_session=True,
-        )
-    beat = Worker(ini, log_path, process, env)
-    try:
+    with started([HOST, "celerybeat", "--config", str(ini)], ini, env, directory, "beat") as beat:
         yield beat
-    finally:
-        if process.poll() is None:
-            try:
-                beat.terminate()
-            finally:
-                if process.poll() is None:
-                    beat.kill()
 
 
 ACTIVE = r"beat: beat@\S+ holds host\.beat"

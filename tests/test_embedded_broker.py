@@ -35,45 +35,38 @@ from pathlib import Path
 import pytest
 from celery.app.control import Control
 
-from conftest import ROOT, Site
+from conftest import ROOT, install_site
 from core.bulk import send_many
 from core.celery_app import HostCelery
 from core.config import load_config
 from core.startup import configure_app
 from services import spare_port
-from worker import HOST, READY, Worker, host_env, running_worker, started_worker, wait_until, write_ini
+from worker import (
+    HOST,
+    READY,
+    Worker,
+    development_ini,
+    host_env,
+    running_worker,
+    started_worker,
+    wait_until,
+    write_ini,
+)
 
 pytestmark = pytest.mark.e2e
 
 TESTS = ROOT / "tests"
 CELERY = str(Path(HOST).parent / "celery")
-DEVELOPMENT = (ROOT / "development.ini").read_text(encoding="utf-8")
 NODE = re.compile(r"(\S+@\S+) ready\.")
 #: For anything that must happen eventually; a loaded CI machine is slow, never this slow.
 DEADLINE = 120.0
 
 
-def development_ini(settings: Mapping[str, str] | None = None) -> str:
-    """development.ini with these ``[app:main]`` keys set: replaced where it has them, else added."""
-    lines = DEVELOPMENT.splitlines(keepends=True)
-    for key, value in (settings or {}).items():
-        line = f"{key} = {value}\n"
-        at = [n for n, text in enumerate(lines) if text.startswith(f"{key} =")]
-        if at:
-            lines[at[0]] = line
-        else:
-            lines.insert(lines.index("[app:main]\n") + 1, line)
-    return "".join(lines)
-
-
 def install_tasks(directory: Path) -> Path:
     """tests/embedded_tasks.py as the task extension ``embedded-tasks``; returns the site folder."""
-    site = Site(directory / "site")
-    site.path.mkdir()
-    site.add(
-        "embedded-tasks", "1.0", entry_points={"host.celery_task": {"tasks": "embedded_tasks:task_imports"}}
+    return install_site(
+        directory, "embedded-tasks", {"host.celery_task": {"tasks": "embedded_tasks:task_imports"}}
     )
-    return site.path
 
 
 def node_name(worker: Worker) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, Site
+from conftest import ROOT, install_site
 from core.app import HostCelery
 from core.config import load_config
 from core.errors import ConfigError
@@ -32,12 +32,11 @@ from core.exclusive import ALREADY_RUNNING, LockTemplateError, exclusive_task, f
 from core.locks import LockStore, LockStoreUnavailable, open_store, store_url
 from core.startup import configure_app
 from services import RedisServer, redis_server
-from worker import READY, Worker, host, host_env, running_worker, started_worker, wait_until
+from worker import READY, Worker, development_ini, host, host_env, running_worker, started_worker, wait_until
 
 pytestmark = pytest.mark.e2e
 
 TESTS = ROOT / "tests"
-DEVELOPMENT = (ROOT / "development.ini").read_text(encoding="utf-8")
 #: The lock's expiry in the workers' ini: renewed every second.
 EXPIRES = 3
 #: For anything that must happen eventually; a loaded CI machine is slow, never this slow.
@@ -46,25 +45,14 @@ DEADLINE = 120.0
 
 def ini_text(directory: Path, settings: dict[str, str]) -> str:
     """development.ini with its stores in ``directory/data`` (absolute, so two workers share them)."""
-    text = DEVELOPMENT.replace("%(here)s", str(directory))
-    lines = text.splitlines(keepends=True)
-    for key, value in settings.items():
-        at = [n for n, line in enumerate(lines) if line.startswith(f"{key} =")]
-        if at:
-            lines[at[0]] = f"{key} = {value}\n"
-        else:
-            lines.insert(lines.index("[app:main]\n") + 1, f"{key} = {value}\n")
-    return "".join(lines)
+    return development_ini(settings).replace("%(here)s", str(directory))
 
 
 def install_tasks(directory: Path) -> Path:
     """tests/exclusive_tasks.py as the task extension ``exclusive-tasks``; returns the site folder."""
-    site = Site(directory / "site")
-    site.path.mkdir()
-    site.add(
-        "exclusive-tasks", "1.0", entry_points={"host.celery_task": {"tasks": "exclusive_tasks:task_imports"}}
+    return install_site(
+        directory, "exclusive-tasks", {"host.celery_task": {"tasks": "exclusive_tasks:task_imports"}}
     )
-    return site.path
 
 
 @dataclass

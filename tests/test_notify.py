@@ -30,18 +30,17 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from conftest import ROOT, Site
+from conftest import ROOT, install_site
 from core.celery_app import HostCelery
 from core.config import load_config
 from core.notify import RedisThrottle, SqliteThrottle
 from core.startup import configure_app
 from services import spare_port
-from worker import Worker, running_worker, wait_until
+from worker import Worker, development_ini, running_worker, wait_until
 
 pytestmark = pytest.mark.e2e
 
 TESTS = ROOT / "tests"
-DEVELOPMENT = (ROOT / "development.ini").read_text(encoding="utf-8")
 DEADLINE = 120.0
 #: The module worker's host.admin_emails_interval: long beside ten failures in a row.
 INTERVAL = 15.0
@@ -49,32 +48,16 @@ ADMINS = ("ops@example.org", "oncall@example.org")
 REFUSED = "nobody@refused.example"
 
 
-def development_ini(settings: dict[str, str]) -> str:
-    """development.ini with these ``[app:main]`` keys added or replaced."""
-    lines = DEVELOPMENT.splitlines(keepends=True)
-    for key, value in settings.items():
-        line = f"{key} = {value}\n"
-        at = [n for n, text in enumerate(lines) if text.startswith(f"{key} =")]
-        if at:
-            lines[at[0]] = line
-        else:
-            lines.insert(lines.index("[app:main]\n") + 1, line)
-    return "".join(lines)
-
-
 def install_tasks(directory: Path) -> Path:
     """tests/notify_tasks.py as the distribution ``notify-tasks``: its tasks and its plugin."""
-    site = Site(directory / "site")
-    site.path.mkdir()
-    site.add(
+    return install_site(
+        directory,
         "notify-tasks",
-        "1.0",
-        entry_points={
+        {
             "host.celery_task": {"tasks": "notify_tasks:task_imports"},
             "host.plugins": {"notifyrec": "notify_plugin"},
         },
     )
-    return site.path
 
 
 # -- the SMTP server -------------------------------------------------------------------------

@@ -28,6 +28,8 @@ import pytest
 
 BIN = Path(sys.executable).parent
 HOST = str(BIN / "host")
+#: The project's development.ini, which tests copy with keys of their own.
+DEVELOPMENT = Path(__file__).resolve().parent.parent / "development.ini"
 #: Generous: a loaded CI machine may take many seconds to import and connect.
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
@@ -161,12 +163,22 @@ def running_worker(
 @contextmanager
 def started_worker(ini: Path, env: dict[str, str], directory: Path, args: Sequence[str]) -> Iterator[Worker]:
     """``host celeryd`` on ``ini``, not waited for: it may be waiting for a broker. Stopped as above."""
-    log_path = directory / f"worker-{uuid.uuid4().hex[:8]}.log"
     node = f"test-{uuid.uuid4().hex[:12]}@%h"
     command = [HOST, "celeryd", "--config", str(ini), "--", "-n", node, *args]
+    with started(command, ini, env, directory, "worker") as worker:
+        yield worker
+
+
+@contextmanager
+def started(
+    command: Sequence[str], ini: Path, env: dict[str, str], directory: Path, label: str
+) -> Iterator[Worker]:
+    """``command`` (a ``host`` process on ``ini``) in a session of its own, logged to ``directory``;
+    SIGTERM (then SIGKILL) at the end if it still runs."""
+    log_path = directory / f"{label}-{uuid.uuid4().hex[:8]}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            command,
+            list(command),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -184,6 +196,19 @@ def started_worker(ini: Path, env: dict[str, str], directory: Path, args: Sequen
             finally:
                 if process.poll() is None:
                     worker.kill()
+
+
+def development_ini(settings: Mapping[str, str] | None = None) -> str:
+    """development.ini with these ``[app:main]`` keys set: replaced where it has them, else added."""
+    lines = DEVELOPMENT.read_text(encoding="utf-8").splitlines(keepends=True)
+    for key, value in (settings or {}).items():
+        line = f"{key} = {value}\n"
+        at = [n for n, text in enumerate(lines) if text.startswith(f"{key} =")]
+        if at:
+            lines[at[0]] = line
+        else:
+            lines.insert(lines.index("[app:main]\n") + 1, line)
+    return "".join(lines)
 
 
 def host(
