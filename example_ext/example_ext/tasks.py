@@ -67,3 +67,16 @@ def reindex(dataset_id, seconds=1.0):
     """
     time.sleep(seconds)
     return {"dataset_id": dataset_id, "reindexed": True}
+
+
+@celery.task(name="example.sleep")
+def sleep(seconds=30.0):
+    """A long task: try `host inspect active` and `host revoke ID --terminate` on it."""
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+@celery.task(name="example.divide")
+def divide(x, y):
+    """Fails with ZeroDivisionError when y is 0: try `host results --state FAILURE`."""
+    return x / y
