@@ -21,6 +21,9 @@ setup(
         "click>=8.1",
         # Celery's database result backend, used by the embedded result store.
         "sqlalchemy>=2.0",
+        # host send --wait's live progress bar (with an ETA) and terminal-aware
+        # output: the well-kept library for it, instead of hand-drawn bars.
+        "rich>=13",
     ],
     extras_require={
         "redis": ["redis>=5"],
@@ -38,6 +41,9 @@ setup(
             # A real SMTP server, started by tests/test_notify.py on 127.0.0.1, receives the
             # failure emails the workers send to host.admin_emails.
             "aiosmtpd>=1.4",
+            # host results and task reports are tested on a real PostgreSQL through Celery's
+            # db+postgresql+psycopg:// result backend (the machine runs PostgreSQL).
+            "psycopg[binary]>=3.1",
         ],
         # bench/ compares the host's discovery with stevedore and with pkg_resources
         # (what CKAN used; setuptools 81 removes it).

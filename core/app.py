@@ -17,6 +17,7 @@ from core import embedded
 from core.errors import DuplicateTaskError
 from core.result_store import guard
 from core.solo_ack import SoloAck
+from core.task_context import HostTask
 
 if TYPE_CHECKING:
     from core.config import HostConfig
@@ -36,6 +37,8 @@ class HostCelery(Celery):
 
     def __init__(self, main: str = "host", **kwargs: Any) -> None:
         embedded.register()  # embedded+sqlite:// is a broker and result store every host app knows
+        # Every task has self.context and a report (core/task_context.py).
+        kwargs.setdefault("task_cls", HostTask)
         super().__init__(main, **kwargs)
         # -P solo: ack when the task ends, not when the event loop next wakes
         # (kombu can leave the ack queued behind a 10 s poll; core/solo_ack.py).

@@ -32,8 +32,21 @@ from typing import Any
 
 from kombu.exceptions import OperationalError
 
+from core import availability
 from core.errors import ServiceUnavailable, UsageError
-from core.sending import PLAIN_DATA, broker_unavailable, check_size, not_serialisable, replies, routed
+from core.sending import (
+    PLAIN_DATA,
+    apply_here,
+    as_a_worker_gets_them,
+    broker_unavailable,
+    check_size,
+    falls_back,
+    inline_now,
+    inline_task,
+    not_serialisable,
+    replies,
+    routed,
+)
 
 #: Messages published before their confirmations are awaited together.
 BATCH = 1000
@@ -113,52 +126,107 @@ def send_many(app: Any, name: str, items: Iterable[Any], **options: Any) -> list
         serialised; the items before it were sent (their ids: ``error.sent``).
     :raises ServiceUnavailable: when the broker cannot be reached within the
         publish retry policy; ``error.sent`` holds the ids confirmed so far.
+
+    With ``host.task_mode = eager`` every item runs here, in turn
+    (:func:`run_many_inline`); so it does with ``host.fallback = eager`` when
+    the broker cannot be reached before the first message is sent. (A broker
+    lost after that is the ServiceUnavailable above: a message it had taken
+    may still run, and running it here too would run it twice.)
     """
+    if inline_now(app):
+        return run_many_inline(app, name, items, **options)
+    policy = {**DEFAULT_POLICY, **(app.conf.task_publish_retry_policy or {})}
+    with replies(expected=False), app.connection_for_write() as connection:
+        try:
+            _connect(connection, policy, app)
+        except ServiceUnavailable as e:
+            if not falls_back(app):
+                raise
+            availability.send_failed(app, e.__cause__ or e)
+        else:
+            return _send_batches(app, connection, policy, name, items, options)
+    return run_many_inline(app, name, items, **options)
+
+
+def _send_batches(
+    app: Any,
+    connection: Any,
+    policy: Mapping[str, Any],
+    name: str,
+    items: Iterable[Any],
+    options: Mapping[str, Any],
+) -> list[str]:
     from kombu.exceptions import EncodeError
 
     ids: list[str] = []
-    policy = {**DEFAULT_POLICY, **(app.conf.task_publish_retry_policy or {})}
-    with replies(expected=False), app.connection_for_write() as connection:
-        _connect(connection, policy, app)
-        publisher = _Publisher(app, connection, policy)
-        try:
-            position = 0
-            for batch, problem in _batches(items, BATCH):
-                calls = []
-                for item in batch:
-                    try:
-                        args, kwargs, own = item_call(item, position)
-                        check_size(app, name, args, kwargs)
-                    except UsageError as e:
-                        problem = e
-                        break
-                    calls.append((args, kwargs, routed(app, {**options, **own}), position))
-                    position += 1
+    publisher = _Publisher(app, connection, policy)
+    try:
+        position = 0
+        for batch, problem in _batches(items, BATCH):
+            calls = []
+            for item in batch:
                 try:
-                    ids += publisher.send(name, calls)
-                except EncodeError as e:
-                    ids += publisher.sent_ids
-                    raise BulkSendError(
-                        f"item {publisher.failed_at} of {name} {not_serialisable(app, e)}; {_before(ids)}",
-                        sent=ids,
-                        hint=PLAIN_DATA,
-                    ) from e
-                if problem is not None:
-                    raise BulkSendError(
-                        f"{problem.message}; {_before(ids)}", sent=ids, hint=problem.hint
-                    ) from problem
-        except ServiceUnavailable as e:
-            e.sent = ids  # type: ignore[attr-defined]
-            raise
-        finally:
-            publisher.close()
+                    args, kwargs, own = item_call(item, position)
+                    check_size(app, name, args, kwargs)
+                except UsageError as e:
+                    problem = e
+                    break
+                calls.append((args, kwargs, routed(app, {**options, **own}), position))
+                position += 1
+            try:
+                ids += publisher.send(name, calls)
+            except EncodeError as e:
+                ids += publisher.sent_ids
+                raise BulkSendError(
+                    f"item {publisher.failed_at} of {name} {not_serialisable(app, e)}; {_before(ids)}",
+                    sent=ids,
+                    hint=PLAIN_DATA,
+                ) from e
+            if problem is not None:
+                raise BulkSendError(
+                    f"{problem.message}; {_before(ids)}", sent=ids, hint=problem.hint
+                ) from problem
+    except ServiceUnavailable as e:
+        e.sent = ids  # type: ignore[attr-defined]
+        raise
+    finally:
+        publisher.close()
     return ids
 
 
-def _before(ids: Sequence[str]) -> str:
+def _before(ids: Sequence[str], done: str = "sent") -> str:
     if not ids:
-        return "nothing was sent"
-    return "the item before it was sent" if len(ids) == 1 else f"the {len(ids)} items before it were sent"
+        return f"nothing was {done}"
+    return (
+        f"the item before it was {done}" if len(ids) == 1 else f"the {len(ids)} items before it were {done}"
+    )
+
+
+def run_many_inline(app: Any, name: str, items: Iterable[Any], **options: Any) -> list[str]:
+    """Run task ``name`` here once per item, in order; the ids of their results.
+
+    Each item is checked and serialised as :func:`send_many` does; a bad one
+    ends the run with a :class:`BulkSendError` (``error.sent``: the items run).
+    """
+    task = inline_task(app, name)
+    ids: list[str] = []
+    position = 0
+    for batch, problem in _batches(items, BATCH):
+        for item in batch:
+            try:
+                args, kwargs, own = item_call(item, position)
+                check_size(app, name, args, kwargs)
+                args, kwargs = as_a_worker_gets_them(app, f"item {position} of {name}", args, kwargs)
+            except UsageError as e:
+                problem = e
+                break
+            ids.append(apply_here(app, task, args, kwargs, routed(app, {**options, **own})).id)
+            position += 1
+        if problem is not None:
+            raise BulkSendError(
+                f"{problem.message}; {_before(ids, 'run')}", sent=ids, hint=problem.hint
+            ) from problem
+    return ids
 
 
 DEFAULT_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}

@@ -78,6 +78,11 @@ CELERY_DEFAULTS: dict[str, Any] = {
     # attempt loses it.
     "result_backend_always_retry": True,
     "result_backend_max_retries": 20.0,  # a float, as Celery types it (float("inf") is its default)
+    # A running task shows STARTED, not PENDING (host result, Flower, host results).
+    "task_track_started": True,
+    # Each result keeps its task's name, arguments, worker and queue: what
+    # host result and host results show.
+    "result_extended": True,
 }
 
 
@@ -146,6 +151,14 @@ HOST_OPTIONS: dict[str, Option] = {
         "Seconds a lock lives unless its holder renews it (every third of it): a killed "
         "holder's lock is free again within this time. At least 1.",
     ),
+    "task_log.max_bytes": Option(
+        "task_log.max_bytes",
+        "int",
+        64 * 1024,
+        "How much of what a task logs through self.context.log is kept with its result "
+        "(core/task_context.py): half for its INFO and WARNING lines, half for its errors; "
+        "lines beyond it are counted, not kept. 0: none kept.",
+    ),
     "admin_emails": Option(
         "admin_emails",
         "list",
@@ -159,6 +172,37 @@ HOST_OPTIONS: dict[str, Option] = {
         300.0,
         "At most one failure email per task name per this many seconds, across the "
         "worker's processes; the next one counts the failures in between. 0: every failure.",
+    ),
+    "task_mode": Option(
+        "task_mode",
+        "string",
+        "worker",
+        "'worker': tasks are sent to the broker, for workers to run. 'eager': host send and the "
+        "toolkit run each task at once in their own process (Celery's task_always_eager), with "
+        "the same result API; no broker or worker needed. For tests and tiny installs.",
+        choices=("worker", "eager"),
+    ),
+    "fallback": Option(
+        "fallback",
+        "string",
+        "error",
+        "What sending does when the broker cannot be reached: 'error' raises a clear error "
+        "naming it (exit 1); 'eager' runs the task inline and logs a warning once per outage.",
+        choices=("error", "eager"),
+    ),
+    "broker_check.timeout": Option(
+        "broker_check.timeout",
+        "float",
+        1.0,
+        "Seconds the broker check (host ping, broker_available(), host.fallback = eager) waits "
+        "for an answer before it counts the broker as down. More than 0.",
+    ),
+    "broker_check.cache_seconds": Option(
+        "broker_check.cache_seconds",
+        "float",
+        5.0,
+        "Seconds a process keeps the broker check's answer (broker_available(), host.fallback = "
+        "eager); host ping always checks anew. 0: check every time.",
     ),
 }
 

@@ -30,6 +30,7 @@ store stays bounded without ``celery beat``'s daily ``backend_cleanup``
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -42,6 +43,7 @@ from celery.backends.database.session import SessionManager
 
 from core.embedded import sqlite_path
 from core.embedded_store import BUSY_TIMEOUT, connect, private_file
+from core.task_context import REPORT, report_of
 
 #: The longest nap between two looks at the store while waiting for a result.
 #: A look is one indexed SELECT (tens of microseconds), so waiting callers
@@ -112,7 +114,15 @@ class ResultBackend(DatabaseBackend):
     Waiting for a result polls with a short first interval that doubles up to
     the caller's ``interval``, at most :data:`MAX_POLL_INTERVAL` (Celery's
     default of 0.5 s would put half a second on many round trips).
+
+    A task's report (:mod:`core.task_context`) is stored in the same statement
+    as its state, in a ``host_report`` column added to Celery's table; a write
+    without a report (a revoke stored by the worker's main process) keeps the
+    report already there.
     """
+
+    #: This backend stores reports itself (core/result_store.py leaves it alone).
+    stores_reports = True
 
     def __init__(self, *args: Any, url: str | None = None, **kwargs: Any) -> None:
         self._path = sqlite_path(url) if url else None
@@ -127,8 +137,8 @@ class ResultBackend(DatabaseBackend):
         self._db_pid: int | None = None
         table = self.task_cls.__table__
         self._table = table.name
-        self._columns = [c.name for c in table.columns if c.name != "id"]
         self._fast = table.schema is None and self._path is not None
+        self._columns = [c.name for c in table.columns if c.name != "id"] + ([REPORT] if self._fast else [])
         self._next_cleanup = 0.0
 
     # -- the per-process sqlite3 connection --------------------------------
@@ -141,7 +151,9 @@ class ResultBackend(DatabaseBackend):
             # Celery's SQLAlchemy code creates (or migrates) the tables once.
             self.ResultSession().close()
             assert self._path is not None
-            self._db = connect(self._path)
+            db = connect(self._path)
+            _add_report_column(db, self._table)
+            self._db = db
             self._db_pid = os.getpid()
         return self._db
 
@@ -165,10 +177,17 @@ class ResultBackend(DatabaseBackend):
         # Celery's own code computes the column values (extended results, stamps...).
         self._update_result(row, result, state, traceback=traceback, request=request)
         row.task_id = task_id
+        report = report_of(request)
+        row.host_report = json.dumps(report.as_dict(state), default=str) if report is not None else None
+        db = self.db
         values = [_sqlite_value(getattr(row, name, None)) for name in self._columns]
         names = ", ".join(self._columns)
-        updates = ", ".join(f"{name} = excluded.{name}" for name in self._columns if name != "task_id")
-        self.db.execute(
+        updates = ", ".join(
+            f"{name} = COALESCE(excluded.{name}, {name})" if name == REPORT else f"{name} = excluded.{name}"
+            for name in self._columns
+            if name != "task_id"
+        )
+        db.execute(
             f"INSERT INTO {self._table} ({names}) VALUES ({', '.join('?' * len(values))}) "
             f"ON CONFLICT (task_id) DO UPDATE SET {updates} WHERE {self._table}.status != 'SUCCESS'",
             values,
@@ -245,6 +264,18 @@ class ResultBackend(DatabaseBackend):
             time.sleep(nap)
             if time.monotonic() - started > EAGER_POLLING:
                 nap = min(nap * 2, ceiling)
+
+
+def _add_report_column(db: sqlite3.Connection, table: str) -> None:
+    """Celery's table gets a ``host_report`` column (once; older stores lack it)."""
+    columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    if REPORT in columns:
+        return
+    try:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {REPORT} TEXT")
+    except sqlite3.OperationalError:
+        if REPORT not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            raise  # not "another process added it first"
 
 
 class _Row:

@@ -8,8 +8,8 @@
 4. no task name is registered twice;
 5. every periodic entry names a task that exists;
 5a. ``host.admin_emails`` has an ``smtp.server`` to go through;
-6. the broker, and the result store where it is Redis or a database, answer
-   within a short timeout;
+6. the broker (unless ``host.task_mode = eager`` uses none), and the result
+   store where it is Redis or a database, answer within a short timeout;
 7. (warnings, not failures) no setting would end the workers on a broker
    outage instead of waiting it out, and the embedded broker's and result
    store's files are readable by their owner only; the embedded broker's
@@ -95,8 +95,17 @@ def extension_checks(found: Discovery) -> Iterator[Check]:
 
 
 def service_checks(app: HostCelery, config: HostConfig, timeout: float) -> Iterator[Check]:
-    """The broker, and the result store where it is Redis or a database, answer."""
-    yield _broker_check(app, config, timeout)
+    """The broker, and the result store where it is Redis or a database, answer.
+
+    In eager mode (``host.task_mode = eager``) no broker is used: it is not checked.
+    """
+    if app.conf.task_always_eager:
+        from core.masking import mask_url
+
+        url = mask_url(str(app.conf.broker_url))
+        yield Check("broker", True, f"{url} not used: host.task_mode = eager runs each task where it is sent")
+    else:
+        yield _broker_check(app, config, timeout)
     backend = _backend_check(app, config, timeout)
     if backend is not None:
         yield backend

@@ -26,6 +26,7 @@ A result that cannot be stored is logged once.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -34,19 +35,24 @@ from typing import Any
 
 from celery.backends.asynchronous import AsyncBackendMixin
 from celery.backends.base import BaseKeyValueStoreBackend
+from celery.states import READY_STATES
 
 from core.masking import mask_url
+from core.task_context import REPORT, report_of
 
 logger = logging.getLogger("host.results")
 
 
 def guard(backend: Any) -> Any:
-    """Apply both changes to a newly created backend, and return it."""
+    """Apply both changes to a newly created backend, and return it; stored results carry reports."""
     if isinstance(backend, AsyncBackendMixin) and isinstance(backend, BaseKeyValueStoreBackend):
         backend.on_task_call = _Watch(backend)
+    _carry_reports(backend)
     store = backend.store_result
 
     def store_result(task_id: str, result: Any, state: str, *args: Any, **kwargs: Any) -> Any:
+        if state not in READY_STATES:
+            return _store_passing(backend, task_id, result, state, *args, **kwargs)
         try:
             return store(task_id, result, state, *args, **kwargs)
         except Exception as e:
@@ -57,6 +63,23 @@ def guard(backend: Any) -> Any:
 
     backend.store_result = store_result
     return backend
+
+
+def _store_passing(backend: Any, task_id: str, result: Any, state: str, *args: Any, **kwargs: Any) -> Any:
+    """Store a passing state (STARTED, PROGRESS, RETRY) once, without Celery's retries.
+
+    Retrying it would hold the task up for as long as the store is down (a
+    minute with production.ini) before it even starts; the next state
+    replaces it anyway. A store that does not answer costs the passing state
+    only, said at DEBUG: the final state is retried and, if lost, logged.
+    """
+    try:
+        backend._store_result(task_id, backend.encode_result(result, state), state, *args, **kwargs)
+    except Exception as e:
+        if not unreachable(backend, e):
+            raise
+        logger.debug("could not store the %s state of task %s: %s", state, task_id, e)
+    return result
 
 
 class _Watch:
@@ -134,3 +157,150 @@ def _log_lost(backend: Any, task_id: str, state: str, request: Any, error: BaseE
         " ".join(str(cause).split()),
         retries,
     )
+
+
+# -- the task's own report, stored with its result ----------------------------
+
+
+def _carry_reports(backend: Any) -> None:
+    """Store each task's report (:mod:`core.task_context`) in the same write as its state.
+
+    * Key-value stores (Redis, ...) keep the whole meta: the report is its
+      ``host_report`` key.
+    * The embedded store writes its ``host_report`` column itself
+      (:mod:`core.embedded_results`).
+    * Celery's SQL backend (``db+...``) keeps only its own columns: the report
+      goes to a ``host_report`` column added to ``celery_taskmeta``, in an
+      UPDATE after Celery's own write.
+
+    ``rpc://`` keeps no results, and no reports.
+    """
+    from celery.backends.database import DatabaseBackend
+
+    if getattr(backend, "stores_reports", False):
+        return
+    if isinstance(backend, BaseKeyValueStoreBackend):
+        meta_of = backend._get_result_meta
+
+        def _get_result_meta(result: Any, state: str, traceback: Any, request: Any, **kwargs: Any) -> Any:
+            meta = meta_of(result, state, traceback, request, **kwargs)
+            report = report_of(request)
+            if report is not None:
+                meta[REPORT] = report.as_dict(state)
+            return meta
+
+        backend._get_result_meta = _get_result_meta
+    elif isinstance(backend, DatabaseBackend):
+        _SqlReports(backend).install()
+
+
+class _SqlReports:
+    """Reports in a ``host_report`` column of Celery's ``celery_taskmeta`` table (``db+`` backends)."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.ready: bool | None = None
+
+    def install(self) -> None:
+        store = self.backend._store_result
+
+        def _store_result(task_id: str, result: Any, state: str, *args: Any, **kwargs: Any) -> Any:
+            stored = store(task_id, result, state, *args, **kwargs)
+            report = report_of(kwargs.get("request"))
+            if report is not None and self.column():
+                self.write(task_id, report.as_dict(state))
+            return stored
+
+        self.backend._store_result = _store_result
+
+    def column(self) -> bool:
+        """Add the column once per process if the table lacks it; False if that is refused."""
+        if self.ready is None:
+            try:
+                self.ready = ensure_report_column(self.backend)
+            except Exception as e:
+                self.ready = False
+                logger.warning(
+                    "task reports (logs, outcome, progress) are not stored: could not add a host_report "
+                    "column to %s in %s (%s: %s)",
+                    self.backend.task_cls.__table__.name,
+                    mask_url(str(self.backend.url)),
+                    type(e).__name__,
+                    e,
+                )
+        return self.ready
+
+    def write(self, task_id: str, report: dict[str, Any]) -> None:
+        from sqlalchemy import text
+
+        table = _table_name(self.backend)
+        session = self.backend.ResultSession()
+        try:
+            session.execute(
+                text(f"UPDATE {table} SET host_report = :report WHERE task_id = :id"),
+                {"report": json.dumps(report, default=str), "id": task_id},
+            )
+            session.commit()
+        finally:
+            session.close()
+
+
+def ensure_report_column(backend: Any) -> bool:
+    """``celery_taskmeta`` has a ``host_report`` column (added now if needed)."""
+    from sqlalchemy import inspect, text
+
+    table = backend.task_cls.__table__
+    backend.ResultSession().close()  # Celery creates its tables on first use
+    engine = backend.session_manager.get_engine(backend.url, **backend.engine_options)
+    if REPORT in {c["name"] for c in inspect(engine).get_columns(table.name, schema=table.schema)}:
+        return True
+    name = _table_name(backend)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(f"ALTER TABLE {name} ADD COLUMN {REPORT} TEXT"))
+    except Exception:
+        # Another process may have added it in the meantime.
+        if REPORT not in {c["name"] for c in inspect(engine).get_columns(table.name, schema=table.schema)}:
+            raise
+    return True
+
+
+def stored_report(backend: Any, task_id: str, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The report stored with a task's result, if any (``meta`` as the backend returned it)."""
+    from celery.backends.database import DatabaseBackend
+
+    found = meta.get(REPORT)
+    if (
+        found is None
+        and isinstance(backend, DatabaseBackend)
+        and not getattr(backend, "stores_reports", False)
+    ):
+        found = _sql_report(backend, task_id)
+    if isinstance(found, (str, bytes)):
+        try:
+            found = json.loads(found)
+        except ValueError:
+            return None
+    return found if isinstance(found, dict) else None
+
+
+def _table_name(backend: Any) -> str:
+    """Celery's task table, with its schema when ``celery.database_table_schemas`` sets one."""
+    table = backend.task_cls.__table__
+    return f"{table.schema}.{table.name}" if table.schema else str(table.name)
+
+
+def _sql_report(backend: Any, task_id: str) -> Any:
+    from sqlalchemy import text
+
+    table = _table_name(backend)
+    session = backend.ResultSession()
+    try:
+        row = session.execute(
+            text(f"SELECT {REPORT} FROM {table} WHERE task_id = :id"), {"id": task_id}
+        ).fetchone()
+    except Exception:  # no such column: nothing was ever stored
+        return None
+    finally:
+        session.close()
+    return row[0] if row else None

@@ -11,7 +11,14 @@ so each gets the same three things:
   anything is sent, and arguments that do not serialise are a
   :class:`~core.errors.UsageError`;
 * a broker that does not answer is a :class:`~core.errors.ServiceUnavailable`
-  naming it, password masked.
+  naming it, password masked;
+* with ``host.task_mode = eager`` (Celery's ``task_always_eager``) the task
+  runs here, in this process, and the caller gets its ``EagerResult``: the
+  same API as an ``AsyncResult`` (``id``, ``state``, ``get()``), its result
+  stored as a worker's would be when a result store is configured. (Celery's
+  own ``send_task`` ignores eager mode: it warns ``AlwaysEagerIgnored`` and
+  sends to the broker anyway.) With ``host.fallback = eager`` a task runs here
+  when the broker cannot be reached (:mod:`core.availability`).
 
 The result store is never contacted to send (core/result_store.py).
 """
@@ -19,11 +26,14 @@ The result store is never contacted to send (core/result_store.py).
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from core.errors import ServiceUnavailable, UsageError
+from core import availability
+from core.errors import ExtensionError, ServiceUnavailable, UsageError
 from core.masking import mask_url
 from core.settings import queue_name
 
@@ -34,10 +44,15 @@ PLAIN_DATA = "pass plain data: strings, numbers, booleans, null, lists and objec
 def send(
     app: Any, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], *, wait: bool = True, **options: Any
 ) -> Any:
-    """Send one task by name and return its ``AsyncResult``.
+    """Send one task by name and return its ``AsyncResult``; or run it here (``EagerResult``).
+
+    It runs here, in this process, with ``host.task_mode = eager``, and with
+    ``host.fallback = eager`` when the broker cannot be reached (see
+    :func:`inline_now`).
 
     :param options: ``apply_async`` options (``task_id``, ``eta``, ``queue``...);
-        ``None`` values are left out.
+        ``None`` values are left out. A task run here starts at once: a
+        ``countdown`` or ``eta`` is not waited for.
     :param wait: whether the caller may wait for the result; without it an
         ``rpc://`` result store is not asked to listen for a reply.
     """
@@ -45,13 +60,106 @@ def send(
 
     check_size(app, name, args, kwargs)
     options = routed(app, {key: value for key, value in options.items() if value is not None})
+    if inline_now(app):
+        return run_inline(app, name, args, kwargs, **options)
     with replies(expected=wait):
         try:
             return app.send_task(name, args=list(args), kwargs=dict(kwargs), **options)
         except EncodeError as e:
             raise UsageError(f"the arguments of {name} {not_serialisable(app, e)}", hint=PLAIN_DATA) from e
         except OperationalError as e:
-            raise broker_unavailable(app, "the task was not sent", e) from e
+            if not falls_back(app):
+                raise broker_unavailable(app, "the task was not sent", e) from e
+            availability.send_failed(app, e)
+    return run_inline(app, name, args, kwargs, **options)
+
+
+# -- running here: eager mode, and the fallback ---------------------------------------
+
+
+def eager_mode(app: Any) -> bool:
+    """``host.task_mode = eager`` (or ``celery.task_always_eager``): every task runs where it is sent."""
+    return bool(app.conf.task_always_eager)
+
+
+def falls_back(app: Any) -> bool:
+    """``host.fallback = eager``: a task runs here when the broker cannot be reached."""
+    config = getattr(app, "host_config", None)
+    return config is not None and config.host.get("fallback") == "eager"
+
+
+def inline_now(app: Any) -> bool:
+    """Whether the next task runs here: eager mode, or the fallback with the broker down.
+
+    Only with ``host.fallback = eager`` is the broker checked first (an answer
+    kept a few seconds, :func:`core.availability.check_broker`); the default
+    send path checks nothing and costs what it did.
+    """
+    return eager_mode(app) or (falls_back(app) and not availability.fallback_check(app))
+
+
+def run_inline(app: Any, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], **options: Any) -> Any:
+    """Run task ``name`` in this process, as a worker would; its ``EagerResult``.
+
+    The arguments go through the task serializer and back, so the task gets
+    what a worker would (JSON has lists, not tuples), and arguments a worker
+    could not be sent are the same :class:`~core.errors.UsageError`. With a
+    result store the result is stored (``task_store_eager_result``, set by
+    :mod:`core.settings`), for ``host result`` to read later.
+    """
+    task = inline_task(app, name)
+    return apply_here(app, task, *as_a_worker_gets_them(app, name, args, kwargs), options)
+
+
+def apply_here(
+    app: Any, task: Any, args: list[Any], kwargs: dict[str, Any], options: Mapping[str, Any]
+) -> Any:
+    """``task.apply``: the task runs now, in this thread; counted when the fallback ran it."""
+    if not eager_mode(app):
+        availability.ran_inline(app)
+    task.backend  # noqa: B018 -- the result store opened first: the task's run time is its own
+    return task.apply(args=args, kwargs=kwargs, **options)
+
+
+def as_a_worker_gets_them(
+    app: Any, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """``args`` and ``kwargs`` serialised as a message would carry them, and read back."""
+    from kombu.exceptions import EncodeError
+    from kombu.serialization import dumps, loads
+
+    try:
+        content_type, encoding, body = dumps([list(args), dict(kwargs)], serializer=app.conf.task_serializer)
+    except EncodeError as e:
+        raise UsageError(f"the arguments of {name} {not_serialisable(app, e)}", hint=PLAIN_DATA) from e
+    read_args, read_kwargs = loads(body, content_type, encoding, accept=[content_type])
+    return list(read_args), dict(read_kwargs)
+
+
+#: Apps whose task modules this process imported to run tasks here -> the extensions that failed.
+_discovered: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
+_discovering = threading.Lock()
+
+
+def inline_task(app: Any, name: str) -> Any:
+    """The task ``name``, its module imported; an unknown name is the error ``host send`` gives.
+
+    A process that only sends (a web application) has not imported the task
+    modules: the first task run here imports them as a worker does (discovery:
+    the ``host.celery_task`` entry points and the plugins' ``host_task_imports``).
+    Never on the normal send path.
+    """
+    from core.discovery import check_task_name, discover
+
+    if name not in app.tasks and getattr(app, "host_config", None) is not None:
+        with _discovering:
+            if app not in _discovered:
+                found = discover(app, app.host_config, plugin_manager=app.host_plugins)
+                _discovered[app] = [e.distribution for e in found.errors if isinstance(e, ExtensionError)]
+    if name not in app.tasks:
+        known = [task for task in app.tasks if not task.startswith("celery.")]
+        check_task_name(name, known, broken=_discovered.get(app, []))
+    return app.tasks[name]
 
 
 def routed(app: Any, options: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 In this order:
 
 1. the ini's ``celery.*`` values (with environment overrides and defaults);
+   ``host.task_mode = eager`` turns on Celery's ``task_always_eager``, and
+   running tasks inline (eager mode, ``host.fallback = eager``) stores their
+   results as a worker's when there is a result store;
 2. ``host.site_id``: every queue name, the default exchange and routing key,
    and the control and event exchanges get the prefix ``host:SITE:``, so
    hosts sharing a broker never consume each other's tasks (CKAN 2.x does
@@ -127,6 +130,7 @@ def celery_settings(
     changed_by: dict[str, str] = {}
     for key, value in HOST_DEFAULTS.items():
         settings.setdefault(key, value)
+    _apply_task_mode(settings, config, changed_by)
     _apply_site_prefix(settings, config, changed_by)
     _apply_beat_defaults(settings, config)
     if pm is None:
@@ -143,6 +147,32 @@ def celery_settings(
 
 
 _MISSING = object()
+
+
+def _apply_task_mode(settings: dict[str, Any], config: HostConfig, changed_by: dict[str, str]) -> None:
+    """``host.task_mode = eager``: tasks run where they are sent (``task_always_eager``).
+
+    A task run inline, in eager mode or by ``host.fallback = eager``, has its
+    result stored as a worker's would be (``task_store_eager_result``), so that
+    ``host result ID`` reads it later; only with a result store (Celery's
+    disabled store cannot take it), and unless the ini says otherwise.
+    """
+    mode, fallback = config.host.get("task_mode"), config.host.get("fallback")
+    if mode == "eager" and not settings.get("task_always_eager"):
+        settings["task_always_eager"] = True
+        changed_by["task_always_eager"] = "host.task_mode"
+    why = (
+        "host.task_mode"
+        if mode == "eager"
+        else "host.fallback"
+        if fallback == "eager"
+        else "celery.task_always_eager"
+        if settings.get("task_always_eager")
+        else None
+    )
+    if why and settings.get("result_backend") and "task_store_eager_result" not in settings:
+        settings["task_store_eager_result"] = True
+        changed_by["task_store_eager_result"] = why
 
 
 def _apply_site_prefix(settings: dict[str, Any], config: HostConfig, changed_by: dict[str, str]) -> None:

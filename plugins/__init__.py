@@ -23,15 +23,62 @@ import pluggy
 from plugins.hookspecs import PROJECT
 
 if TYPE_CHECKING:
-    from plugins.toolkit import exclusive_task, host_config, plugin_config, send_many, send_task
+    from celery import Task
 
-__all__ = ["celery", "exclusive_task", "host_config", "hookimpl", "plugin_config", "send_many", "send_task"]
+    from plugins.toolkit import (
+        broker_available,
+        exclusive_task,
+        host_config,
+        inspect_workers,
+        plugin_config,
+        purge,
+        queue_info,
+        recent_results,
+        revoke,
+        send_many,
+        send_task,
+        task_result,
+        worker_status,
+    )
+
+__all__ = [
+    "broker_available",
+    "celery",
+    "exclusive_task",
+    "host_config",
+    "hookimpl",
+    "inspect_workers",
+    "plugin_config",
+    "purge",
+    "queue_info",
+    "recent_results",
+    "revoke",
+    "send_many",
+    "send_task",
+    "Task",
+    "task_result",
+    "worker_status",
+]
 
 #: Marks a function as the implementation of the hook with the same name.
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
-_TOOLKIT = ("exclusive_task", "host_config", "plugin_config", "send_many", "send_task")
+_TOOLKIT = (
+    "broker_available",
+    "exclusive_task",
+    "host_config",
+    "inspect_workers",
+    "plugin_config",
+    "purge",
+    "queue_info",
+    "recent_results",
+    "revoke",
+    "send_many",
+    "send_task",
+    "task_result",
+    "worker_status",
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -45,4 +92,8 @@ def __getattr__(name: str) -> Any:
         from core.celery_app import celery
 
         return celery
+    if name == "Task":  # the base of class-based tasks: the app's task class, with self.context
+        from core.celery_app import celery
+
+        return celery.Task
     raise AttributeError(f"module 'plugins' has no attribute {name!r}")

@@ -184,6 +184,11 @@ def test_host_keys_are_converted(tmp_path: Path) -> None:
         "locks.expires": 60.0,
         "admin_emails": [],
         "admin_emails_interval": 300.0,
+        "task_mode": "worker",
+        "fallback": "error",
+        "broker_check.timeout": 1.0,
+        "broker_check.cache_seconds": 5.0,
+        "task_log.max_bytes": 65536,
     }
     assert config.host["extensions.on_error"] == "warn"
 
@@ -574,6 +579,11 @@ def test_json_only_defaults(tmp_path: Path) -> None:
         "site_id": "",
         "admin_emails": [],
         "admin_emails_interval": 300.0,
+        "task_mode": "worker",
+        "fallback": "error",
+        "broker_check.timeout": 1.0,
+        "broker_check.cache_seconds": 5.0,
+        "task_log.max_bytes": 65536,
     }
     assert config.smtp == {
         "server": "",
@@ -821,6 +831,13 @@ def test_sources_record_where_each_value_came_from(tmp_path: Path) -> None:
         "host.site_id": "default",
         "host.admin_emails": "default",
         "host.admin_emails_interval": "default",
+        "host.task_mode": "default",
+        "host.task_log.max_bytes": "default",
+        "celery.task_track_started": "default",
+        "celery.result_extended": "default",
+        "host.fallback": "default",
+        "host.broker_check.timeout": "default",
+        "host.broker_check.cache_seconds": "default",
         **{f"smtp.{k}": "default" for k in ("server", "port", "starttls", "user", "password", "mail_from")},
     }
     assert set(config.sources) == (

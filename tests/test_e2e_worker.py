@@ -163,7 +163,8 @@ def test_host_send_and_result(tmp_path: Path, broker: Broker) -> None:
 
         result = host("result", task_id, "--wait", *config, env=worker.env)
         assert result.returncode == 0, result.stderr
-        assert result.stdout.splitlines() == ["SUCCESS (example.add)", "5"]
+        lines = result.stdout.splitlines()
+        assert (lines[0], lines[-2:]) == ("SUCCESS (example.add); outcome: ok", ["result:", "  5"])
 
         count = host("send", "example.word_count", '"one two three"', "--wait", *config, env=worker.env)
         assert (count.returncode, count.stdout) == (0, "3\n"), count.stderr
@@ -292,7 +293,10 @@ def test_sigterm_is_a_warm_shutdown(tmp_path: Path, broker: Broker, site: Site) 
     # The running task was allowed to finish, and its result stored.
     assert re.search(_succeeded(task_id) + r" in [\d.e-]+s: 'finished'", log), log
     result = host("result", task_id, *config, env=worker.env)
-    assert result.stdout.splitlines() == ["SUCCESS (thirdparty.slow)", "finished"], result.stderr
+    lines = result.stdout.splitlines()
+    assert (lines[0], lines[-2:]) == ("SUCCESS (thirdparty.slow); outcome: ok", ["result:", "  finished"]), (
+        result.stderr
+    )
 
 
 # -- load on the embedded broker ---------------------------------------------------

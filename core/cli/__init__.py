@@ -5,7 +5,10 @@
 * :mod:`core.cli.info` -- ``tasks``, ``plugins``, ``config show``, ``doctor``;
 * :mod:`core.cli.deploy` -- ``supervisor``;
 * :mod:`core.cli.locks` -- ``locks``, ``locks release``;
-* :mod:`core.cli.schedule` -- ``schedule``.
+* :mod:`core.cli.schedule` -- ``schedule``;
+* :mod:`core.cli.results` -- ``results``;
+* :mod:`core.cli.control` -- ``inspect``, ``status``, ``revoke``, ``purge``, ``queues``;
+* :mod:`core.cli.ping` -- ``ping``.
 
 A command parses its options, calls one function of :mod:`core.startup` or
 the domain, and renders what it gets (:mod:`core.cli.render`).
@@ -13,12 +16,12 @@ the domain, and renders what it gets (:mod:`core.cli.render`).
 
 from __future__ import annotations
 
-from core.cli import deploy, info, locks, schedule, send, worker
+from core.cli import control, deploy, info, locks, ping, results, schedule, send, worker
 from core.cli.base import cli
 
 __all__ = ["cli", "main"]
 
-for _module in (worker, send, info, deploy, locks, schedule):
+for _module in (worker, send, info, deploy, locks, schedule, results, control, ping):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

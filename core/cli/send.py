@@ -70,19 +70,91 @@ def send(
             )
         _send_many(config_path, name, many, countdown=countdown, eta=eta, queue=queue)
         return
-    from core.results import outcome, require_backend
+    from contextlib import redirect_stdout
+
+    from core.results import inline_outcome, outcome, require_backend, watch
+    from core.sending import eager_mode
     from core.sending import send as send_task
 
     h = host(config_path)
     h.require_task(name)
-    if wait:
+    if wait and not eager_mode(h.app):
         require_backend(h.app)
     options = {"task_id": task_id, "countdown": countdown, "eta": eta, "queue": queue}
-    result = send_task(h.app, name, list(args), kwargs or {}, wait=wait, **options)
+    # A task run here (eager mode, the fallback) prints to stderr: stdout is the id or the result.
+    with redirect_stdout(sys.stderr):
+        result = send_task(h.app, name, list(args), kwargs or {}, wait=wait, **options)
     if not wait:
         click.echo(result.id)
         return
+    if _ran_inline(result):
+        click.echo(inline_outcome(result).render())
+        return
+    with ProgressDisplay(name) as display:
+        watch(h.app, result.id, timeout, display.update)
     click.echo(outcome(h.app, result.id, wait=True, timeout=timeout).render())
+
+
+def _ran_inline(result: Any) -> bool:
+    from celery.result import EagerResult
+
+    return isinstance(result, EagerResult)
+
+
+class ProgressDisplay:
+    """``host send --wait``'s view of a task's progress, on stderr (stdout keeps the result).
+
+    On a terminal: a live bar with the count, the percentage, the task's
+    message and an ETA (rich). Otherwise (piped, in a log): one plain line
+    per update.
+    """
+
+    def __init__(self, name: str) -> None:
+        from rich.console import Console
+
+        self.name = name
+        self.console = Console(stderr=True)
+        self.progress: Any = None
+        self.bar: Any = None
+
+    def __enter__(self) -> ProgressDisplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def update(self, info: dict[str, Any]) -> None:
+        from core.cli.render import progress_line
+
+        if not self.console.is_terminal:
+            click.echo(progress_line(info), err=True)
+            return
+        total, current = info.get("total"), info.get("current") or 0
+        message = str(info.get("message") or "")
+        if self.progress is None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[message]}"),
+                console=self.console,
+                transient=False,
+            )
+            self.progress.start()
+            self.bar = self.progress.add_task(self.name, total=total, message=message)
+        self.progress.update(self.bar, completed=current, total=total, message=message)
 
 
 def _send_many(config_path: str | None, name: str, path: str, **options: Any) -> None:
@@ -105,15 +177,23 @@ def _send_many(config_path: str | None, name: str, path: str, **options: Any) ->
         except UnicodeDecodeError as e:
             raise UsageError(f"--many {path} is not UTF-8 text: {e}", hint="save it as UTF-8") from e
         items = _lines_of(source, path)
+    from contextlib import redirect_stdout
+
+    from core.sending import eager_mode
+
     try:
-        ids = bulk.send_many(h.app, name, items, **options)
+        with redirect_stdout(sys.stderr):  # what tasks run here print is not a task id
+            ids = bulk.send_many(h.app, name, items, **options)
     except bulk.BulkSendError as e:
         for task_id in e.sent:
             click.echo(task_id)
         raise
     for task_id in ids:
         click.echo(task_id)
-    click.echo(f"sent {len(ids)} tasks of {name}", err=True)
+    if eager_mode(h.app):
+        click.echo(f"ran {len(ids)} tasks of {name} here (host.task_mode = eager)", err=True)
+    else:
+        click.echo(f"sent {len(ids)} tasks of {name}", err=True)
 
 
 def _lines_of(source: Path, path: str) -> Iterator[Any]:
@@ -126,23 +206,31 @@ def _lines_of(source: Path, path: str) -> Iterator[Any]:
 @click.argument("task_id")
 @click.option("--wait", is_flag=True, help="Wait until the task has finished.")
 @timeout_option
-def result(config_path: str | None, task_id: str, wait: bool, timeout: float) -> None:
-    """Show a task's state, and its result or error."""
-    from core.results import outcome
+@click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
+def result(config_path: str | None, task_id: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Show what became of a task: its state and own outcome, arguments, worker, run time,
+    log lines, progress, and its result or error.
 
-    found = outcome(host(config_path).app, task_id, wait=wait, timeout=timeout)
-    label = f" ({found.name})" if found.name else ""
-    if found.state == "PENDING":
-        click.echo(
-            f"PENDING{label}: the result store knows nothing of it: not started yet, an unknown task id, "
-            "or a result the store could not take when the task finished (its worker then logged "
-            f"'could not store the ... result of task ...[{task_id}]')"
-        )
-    elif found.state == "SUCCESS":
-        click.echo(f"SUCCESS{label}")
-        click.echo(found.render())
+    Exit status 1 when the task failed or was revoked.
+    """
+    import json
+
+    from core.cli.render import task_view
+    from core.errors import TaskFailed
+    from core.results import describe, watch
+
+    app = host(config_path).app
+    if wait:
+        watch(app, task_id, timeout, lambda info: None)
+    view = describe(app, task_id)
+    if as_json:
+        click.echo(json.dumps(view.as_json(), indent=2, default=str))
     else:
-        click.echo(f"{found.state}{label}")
+        click.echo(task_view(view))
+    if view.state in ("FAILURE", "REVOKED"):
+        name = view.name or ""
+        what = "failed" if view.state == "FAILURE" else "was revoked"
+        raise TaskFailed(f"task {name}[{task_id}] {what}: {view.error or view.state}")
 
 
 COMMANDS = [send, result]

@@ -80,3 +80,25 @@ def sleep(seconds=30.0):
 def divide(x, y):
     """Fails with ZeroDivisionError when y is 0: try `host results --state FAILURE`."""
     return x / y
+
+
+@celery.task(name="example.ingest", bind=True)
+def ingest(self, items, seconds_each=0.5):
+    """Ingest items one by one: logs, progress and its own outcome (see `host result ID`).
+
+    An item starting with "bad" fails its check: the task still runs to the
+    end (Celery's SUCCESS), but its own outcome is "failed", with the reason.
+    """
+    ctx = self.context
+    greeting = ctx.settings["greeting"]  # [plugin:example] greeting, from the ini
+    ctx.log.info("ingesting %d items (greeting from [plugin:example]: %s)", len(items), greeting)
+    ingested = []
+    for n, item in enumerate(items, 1):
+        time.sleep(seconds_each)
+        if str(item).startswith("bad"):
+            ctx.fail("item %r failed its check", item)
+        else:
+            ingested.append(item)
+            ctx.log.info("ingested %r", item)
+        ctx.progress(n, len(items), f"item {item}")
+    return {"ingested": len(ingested), "failed": len(items) - len(ingested)}
