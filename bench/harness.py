@@ -34,23 +34,46 @@ HOST = str(BIN / "host")
 CELERY = str(BIN / "celery")
 RABBITMQ_URL = os.environ.get("HOST_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 REDIS_URL = os.environ.get("HOST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-#: Each side of a comparison runs at least this often.
+#: Each side of a comparison runs at least this often (a smoke run excepted).
 MIN_RUNS = 5
+#: Recorded runs per side with ``--smoke``: it proves that every row works, and measures nothing.
+SMOKE_RUNS = 1
 
 
 @dataclass
 class Context:
-    """What a row gets: the mode, a scratch folder, the services."""
+    """What a row gets: the mode, a scratch folder, the services.
+
+    ``smoke`` (``--smoke``, the test suite's size) is a quick run with the
+    smallest workloads and :data:`SMOKE_RUNS` runs a side: every row, side and
+    code path runs, and none of its figures means anything.
+    """
 
     quick: bool
     workdir: Path
     runs: int = MIN_RUNS
     rabbitmq_url: str = RABBITMQ_URL
     redis_url: str = REDIS_URL
+    smoke: bool = False
 
-    def scale(self, full: int, quick: int) -> int:
-        """``full`` in a full run, ``quick`` with ``--quick``."""
+    def __post_init__(self) -> None:
+        if self.smoke:
+            self.quick, self.runs = True, SMOKE_RUNS
+        else:
+            self.runs = max(self.runs, MIN_RUNS)
+
+    def scale(self, full: int, quick: int, smoke: int | None = None) -> int:
+        """``full`` in a full run, ``quick`` with ``--quick``, ``smoke`` (or ``quick``) with ``--smoke``."""
+        if self.smoke and smoke is not None:
+            return smoke
         return quick if self.quick else full
+
+    @property
+    def command(self) -> str:
+        """The command this run's size stands for, as the report names it."""
+        if self.smoke:
+            return "python -m bench --smoke"
+        return "make bench-quick" if self.quick else "make bench"
 
     def folder(self, name: str) -> Path:
         """A fresh folder of the row's own under the scratch folder."""
@@ -103,12 +126,15 @@ def alternate(sides: dict[str, Callable[[], float]], runs: int) -> dict[str, lis
     """Call each side in turn, A B A B ..., ``runs`` times each; one sample per call.
 
     The first call of each side is also run once before, unrecorded, so that
-    no side pays for warming the machine's caches alone.
+    no side pays for warming the machine's caches alone. ``runs`` comes from
+    the :class:`Context`, at least :data:`MIN_RUNS` but in a smoke run.
     """
+    if runs < 1:
+        raise ValueError(f"runs must be at least 1, not {runs}")
     for measure in sides.values():
         measure()
     samples: dict[str, list[float]] = {label: [] for label in sides}
-    for _ in range(max(runs, MIN_RUNS)):
+    for _ in range(runs):
         for label, measure in sides.items():
             samples[label].append(measure())
     return samples
@@ -242,14 +268,14 @@ def table(comparisons: Sequence[Comparison]) -> str:
     return "\n".join(lines)
 
 
-def report(comparisons: Sequence[Comparison], quick: bool, seconds: float) -> str:
+def report(comparisons: Sequence[Comparison], ctx: Context, seconds: float) -> str:
     facts = machine()
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     fewest = min((len(c.host) for c in comparisons), default=0)
     head = [
         "# Benchmark results",
         "",
-        f"Measured {when} by `{'make bench-quick' if quick else 'make bench'}` in {seconds:.0f} s.",
+        f"Measured {when} by `{ctx.command}` in {seconds:.0f} s.",
         "",
         f"Machine: {facts['cpu']}, {facts['cores']} cores, {facts['memory']} memory; {facts['os']}.",
         f"Python {facts['python']}, celery {facts['celery']}, kombu {facts['kombu']}, "
@@ -259,12 +285,14 @@ def report(comparisons: Sequence[Comparison], quick: bool, seconds: float) -> st
         "say where it measures differently. Ratios are host / compared.",
         "",
     ]
+    if ctx.smoke:
+        head += ["A smoke run (`--smoke`): it proves that every row works; its figures mean nothing.", ""]
     notes = [f"- row {c.row}, {c.measure}: {c.note}" for c in comparisons if c.note]
     text = "\n".join(head) + table(comparisons) + "\n"
     if notes:
         text += "\nNotes:\n\n" + "\n".join(notes) + "\n"
     findings = BENCH / "FINDINGS.md"  # written by hand: the profiles behind missed targets
-    if not quick and findings.exists():
+    if not ctx.quick and findings.exists():
         text += "\n" + findings.read_text(encoding="utf-8")
     return text
 

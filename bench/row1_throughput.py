@@ -19,10 +19,10 @@ of a side is then:
 
 So the worker's start-up is not measured, and a run costs the drain, not a
 worker start and stop (about 1.5 s with prefork): the quick mode fits its
-budget with 5 runs per side. At the end each worker gets SIGTERM (its main
-process only) and a remote-control ping right after it, which wakes its
-event loop at once; otherwise the loop notices the signal only when its poll
-times out, up to 10 s later.
+budget with 5 runs per side (800 tasks a run; 400 with ``--smoke``, enough to time). At the
+end each worker gets SIGTERM (its main process only) and a remote-control
+ping right after it, which wakes its event loop at once; otherwise the loop
+notices the signal only when its poll times out, up to 10 s later.
 
 The host side is ``host celeryd --config INI -- FLAGS`` with the ``bench-tasks``
 extension on ``PYTHONPATH``; the plain side is ``celery -A plain_app worker
@@ -482,7 +482,7 @@ def measure_pool(ctx: Context, broker: Broker, folder: Path, site: Path, pool: s
 
 
 def run(ctx: Context) -> Iterator[Comparison]:
-    n = ctx.scale(10_000, 800)
+    n = ctx.scale(10_000, 800, smoke=400)
     folder = ctx.folder("row1")
     site = bench_site(folder / "site")
     broker = Broker(ctx.rabbitmq_url)

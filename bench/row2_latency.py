@@ -10,18 +10,18 @@ ini (:func:`bench.plain_app.settings_for`).
 
 One run of a side is a batch of sequential ``send_task("bench.add", args=[i,
 i]).get()`` calls, the way a web application waits for a task. 500 calls a
-side (250 with ``--quick``) are split into at least :data:`BATCHES` batches
-(more with ``--runs``), which alternate A B A B after one unrecorded batch
-each: the finer the alternation, the less a slow spell of this shared
-machine lands on one side only (5 batches of 100 gave p50 ratios from 0.97
-to 1.10 over five runs; 10 of 50, 0.93 to 1.04). p50 and p99 are taken over
-every call of a side's recorded batches together; the table's ``host`` and
-``compared with`` columns show those pooled percentiles, and each batch's own
-percentile is kept as the comparison's samples. Target: host / plain <= 1.05
-for both. The p99 of 500 calls is their 5th slowest, and moves more than
-that between runs: the plain app against an identical second plain app and
-worker (A/A) gave p99 ratios from 0.82 to 1.18 over six runs (p50: 0.99 to
-1.04).
+side (250 with ``--quick``, 20 with ``--smoke``) are split into at least
+:data:`BATCHES` batches (more with ``--runs``), which alternate A B A B after
+one unrecorded batch each: the finer the alternation, the less a slow spell of
+this shared machine lands on one side only (5 batches of 100 gave p50 ratios
+from 0.97 to 1.10 over five runs; 10 of 50, 0.93 to 1.04). p50 and p99 are
+taken over every call of a side's recorded batches together; the table's
+``host`` and ``compared with`` columns show those pooled percentiles, and each
+batch's own percentile is kept as the comparison's samples. Target: host /
+plain <= 1.05 for both. The p99 of 500 calls is their 5th slowest, and moves
+more than that between runs: the plain app against an identical second plain
+app and worker (A/A) gave p99 ratios from 0.82 to 1.18 over six runs (p50:
+0.99 to 1.04).
 
 ``-P prefork -c 1`` rather than ``-P solo``: on Celery 5.7 a solo worker's
 acknowledgement waits for its event loop to wake up (see
@@ -172,7 +172,7 @@ def comparisons(
 
 def run(ctx: Context) -> Iterator[Comparison]:
     rounds = max(ctx.runs, BATCHES)
-    size = max(1, ctx.scale(CALLS, CALLS // 2) // rounds)
+    size = max(1, ctx.scale(CALLS, CALLS // 2, smoke=20) // rounds)
     folder = ctx.folder("row2")
     site = bench_site(folder / "site")
     broker = Broker(ctx.rabbitmq_url)

@@ -24,7 +24,8 @@ both rows when both are asked for). The worker's process group is then killed:
 shutting down is not what is measured (a warm shutdown of such a worker takes
 about 10 s here). The queue, its exchange and the results are deleted afterwards.
 
-Each side runs 10 times in a full run (``--runs`` if more), 5 with ``--quick``.
+Each side runs 10 times in a full run (``--runs`` if more), 5 with ``--quick``,
+1 with ``--smoke``.
 The CPU time of the main process and its pool child up to the first task
 (their threads' time on a CPU, from ``/proc/PID/task/*/schedstat``) is read
 too: on this shared 2-core machine a busy neighbour stretches every side's

@@ -28,8 +28,9 @@ Each side runs 10 times at N = 10 and 100 in a full run (``--runs`` if more),
 otherwise ``--runs`` (5) times.
 
 Targets: host <= 1.3x the floor at every N, and a linear cost: the host's time
-per extension at N = 1,000 within 1.5x of that at 100. ``--quick`` measures
-N = 10 and 100 only, and judges linearity there as a report.
+per extension at N = 1,000 within 1.5x of that at 100. ``--quick`` (and
+``--smoke``) measures N = 10 and 100 only, and judges linearity there as a
+report.
 """
 
 from __future__ import annotations

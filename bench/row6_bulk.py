@@ -32,7 +32,7 @@ host.site_id = {site}
 
 
 def run(ctx: Context) -> Iterator[Comparison]:
-    n = ctx.scale(10_000, 1_000)
+    n = ctx.scale(10_000, 1_000, smoke=100)
     for confirm in (True, False):
         yield from _measure(ctx, n, confirm)
 

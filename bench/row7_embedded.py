@@ -38,11 +38,12 @@ pause of :data:`SETTLE` s), the CPU time of each worker's main process and
 all its descendants (``psutil.Process(pid).children(recursive=True)``: the
 pool processes) is read at the start and at the end of each of
 :data:`IDLE_WINDOWS` consecutive windows, 30 s in all (10 s with
-``--quick``), both workers in the same windows. CPU time is the threads'
-time on a CPU from ``/proc/PID/task/*/schedstat`` (nanoseconds), or
-psutil's user + system time where Linux does not tell it (10 ms ticks: 0.03%
-of a core over 30 s). The figure is the percent of one core over the whole
-30 s; each window's own percent is kept as the comparison's samples.
+``--quick``, 2 s with ``--smoke``), both workers in the same windows. CPU
+time is the threads' time on a CPU from ``/proc/PID/task/*/schedstat``
+(nanoseconds), or psutil's user + system time where Linux does not tell it
+(10 ms ticks: 0.03% of a core over 30 s). The figure is the percent of one
+core over the whole 30 s; each window's own percent is kept as the
+comparison's samples.
 
 The targets (issue 12) are absolute, on the embedded broker: drain >= 2,000
 tasks/s, round trip p50 <= 5 ms and p99 <= 20 ms, and an idle worker (main
@@ -80,8 +81,8 @@ DRAIN_TARGET = 2000
 TRIP_TARGETS = {50: 5.0, 99: 20.0}
 #: An idle worker's CPU, main process and pool together, in percent of one core.
 IDLE_TARGET = 0.2
-#: Seconds the idle workers are measured (full run, --quick), in this many windows.
-IDLE_SECONDS = (30, 10)
+#: Seconds the idle workers are measured (full run, --quick, --smoke), in this many windows.
+IDLE_SECONDS = (30, 10, 2)
 IDLE_WINDOWS = 5
 #: Seconds between the last round trip and the idle measurement.
 SETTLE = 1.0
@@ -348,8 +349,8 @@ def idle_cpu(workers: dict[str, Worker], seconds: float, windows: int) -> dict[s
 
 
 def run(ctx: Context) -> Iterator[Comparison]:
-    tasks = ctx.scale(3000, 300)
-    roundtrips = ctx.scale(100, 20)
+    tasks = ctx.scale(3000, 300, smoke=100)
+    roundtrips = ctx.scale(100, 20, smoke=5)
     idle_seconds = ctx.scale(*IDLE_SECONDS)
     folder = ctx.folder("row7")
     site = bench_site(folder / "site")
