@@ -178,7 +178,9 @@ class ResultBackend(DatabaseBackend):
         self._update_result(row, result, state, traceback=traceback, request=request)
         row.task_id = task_id
         report = report_of(request)
-        row.host_report = json.dumps(report.as_dict(state), default=str) if report is not None else None
+        row.host_report = (
+            None if report is None else json.dumps(report.as_dict(state), default=str, ensure_ascii=False)
+        )
         db = self.db
         values = [_sqlite_value(getattr(row, name, None)) for name in self._columns]
         names = ", ".join(self._columns)

@@ -28,13 +28,14 @@ def mask(value: Any, key: str = "") -> Any:
 
 # Everything between "scheme://user:" and the last "@" is the password. Not
 # kombu's sanitize_url: it raises (quoting part of the password) when the
-# password holds "/", "?" or "#", and drops the query string.
-_URL_PASSWORD = re.compile(r"([A-Za-z][\w+.-]*://[^:@/?#\s]*:)(.*)@", re.DOTALL)
-# key=value secrets: URL query parameters (?password=...) and connection
-# strings (Azure's AccountKey=...;).
-_KEY_VALUE_SECRET = re.compile(
-    rf"((?:^|[?&;\s])[^=&;?\s]*(?:{SECRET_KEY.pattern})[^=&;?\s]*=)[^&;\s]*", re.IGNORECASE
-)
+# password holds "/", "?" or "#", and drops the query string. A scheme starts
+# only where no scheme character precedes it, so that text without a URL (a
+# long base64 argument) is scanned once, not once per position.
+_URL_PASSWORD = re.compile(r"(?<![\w+.-])([A-Za-z][\w+.-]*://[^:@/?#\s]*:)(.*)@", re.DOTALL)
+# key=value pairs: URL query parameters (?password=...) and connection strings
+# (Azure's AccountKey=...;); the key is then checked against SECRET_KEY. One
+# pass over the text: each key ends at its first "=" or separator.
+_KEY_VALUE = re.compile(r"((?:^|[?&;\s])([^=&;?\s]+)=)([^&;\s]*)")
 
 
 def mask_url(url: str) -> str:
@@ -45,9 +46,27 @@ def mask_url(url: str) -> str:
 
 
 def _mask_one_url(url: str) -> str:
-    return _KEY_VALUE_SECRET.sub(r"\1**", _URL_PASSWORD.sub(r"\1**@", url, count=1))
+    if "://" in url and "@" in url:
+        url = _URL_PASSWORD.sub(r"\1**@", url, count=1)
+    if "=" in url:
+        url = _KEY_VALUE.sub(_secret_value, url)
+    return url
+
+
+def _secret_value(match: re.Match[str]) -> str:
+    return f"{match.group(1)}**" if SECRET_KEY.search(match.group(2)) else match.group(0)
 
 
 def mask_text(text: str) -> str:
     """Mask every URL and ``key=value`` secret in free text, such as an error message."""
+    if "://" not in text and "=" not in text:
+        return text
     return re.sub(r"\S+", lambda m: mask_url(m.group()), text)
+
+
+def mask_lines(text: str) -> str:
+    """:func:`mask_text` line by line, keeping the layout (indentation) of a traceback."""
+    return "\n".join(
+        line[: len(line) - len(line.lstrip())] + mask_text(line.lstrip()) if line.strip() else line
+        for line in text.splitlines()
+    )

@@ -73,7 +73,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from celery import signals
 
-from core.masking import mask, mask_text
+from core.masking import mask, mask_lines, mask_text
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -131,16 +131,8 @@ def describe(
         kwargs=_json(mask(dict(kwargs or {}))),
         hostname=hostname,
         exception=f"{kind}: {message}" if message else kind,
-        traceback=mask_text_lines(traceback or "")[-MAX_TRACEBACK:],
+        traceback=mask_lines(traceback or "")[-MAX_TRACEBACK:],
         at=time.time(),
-    )
-
-
-def mask_text_lines(text: str) -> str:
-    """:func:`core.masking.mask_text` line by line, keeping the traceback's layout."""
-    return "\n".join(
-        line[: len(line) - len(line.lstrip())] + mask_text(line.lstrip()) if line.strip() else line
-        for line in text.splitlines()
     )
 
 

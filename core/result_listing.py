@@ -36,6 +36,7 @@ from typing import Any
 from core.beat_entries import BadSchedule, parse_schedule
 from core.errors import ConfigError, ServiceUnavailable, UsageError
 from core.masking import mask, mask_text, mask_url
+from core.results import stored_time
 from core.task_context import PROGRESS, REPORT
 
 #: Rows with this status hold a report, not a task's result: never listed.
@@ -90,10 +91,14 @@ class _Query:
     task: str | None
     since: datetime | None
     limit: int
+    #: ``host:SITE:`` with a ``host.site_id``: only the site's own tasks (by their queue).
+    site: str = ""
 
     def matches(self, row: ResultRow) -> bool:
         """The filters, for stores that cannot apply them (Redis)."""
         if row.state == REPORT_STATE or (self.state and row.state != self.state):
+            return False
+        if self.site and not (row.queue or "").startswith(self.site):
             return False
         if self.task and (row.name is None or not _glob(self.task).fullmatch(row.name)):
             return False
@@ -125,6 +130,7 @@ def recent_results(
         task=task or None,
         since=since_time(since) if since not in (None, "") else None,
         limit=limit,
+        site=_site(app),
     )
     backend = _backend(app)
     if _is(backend, "celery.backends.database", "DatabaseBackend"):
@@ -144,14 +150,21 @@ def known_states() -> list[str]:
 
 
 def check_state(state: str) -> str:
-    """``failure`` -> ``FAILURE``; a state that is none of Celery's (or ``PROGRESS``) is an error."""
+    """``failure`` -> ``FAILURE``.
+
+    A task may set states of its own (``update_state(state="AUDITING")``), so
+    any name is accepted, except one that looks like a typo of Celery's states
+    (``FAILUR``), which would silently list nothing.
+    """
     name = state.strip().upper()
     known = known_states()
     if name in known:
         return name
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]}?" if close else f"the states are {', '.join(known)}"
-    raise UsageError(f"state {state!r} is not a task state", hint=hint)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    if close or not re.fullmatch(r"[A-Z_][A-Z0-9_-]*", name):
+        hint = f"did you mean {close[0]}?" if close else f"Celery's states are {', '.join(known)}"
+        raise UsageError(f"state {state!r} is not a task state", hint=hint)
+    return name
 
 
 def since_time(value: datetime | timedelta | str, what: str = "since") -> datetime:
@@ -273,16 +286,32 @@ def _select(table: Any, present: set[str], query: _Query, zone: Any) -> Any:
             return None
         name = table.c.name
         if "*" in query.task:  # LIKE (SQLite's ignores the case of ASCII letters), with % and _ escaped
-            escaped = re.sub(r"([\\%_])", r"\\\1", query.task).replace("*", "%")
-            statement = statement.where(name.like(escaped, escape="\\"))
+            statement = statement.where(name.like(_like(query.task).replace("*", "%"), escape="\\"))
         else:
             statement = statement.where(name == query.task)
+    if query.site:
+        if "queue" not in present:
+            return None
+        statement = statement.where(table.c.queue.like(_like(query.site) + "%", escape="\\"))
     done = table.c.date_done
     if query.since:
         statement = statement.where(done >= query.since.astimezone(zone).replace(tzinfo=None))
     # Finished tasks newest first, then the unfinished ones (no date_done); NULLS LAST is not portable.
     unfinished = sa.case((done.is_(None), 1), else_=0)
     return statement.order_by(unfinished, done.desc(), table.c.id.desc()).limit(query.limit)
+
+
+def _like(text: str) -> str:
+    """``text`` for SQL LIKE: its ``%``, ``_`` and ``\\`` taken literally."""
+    return re.sub(r"([\\%_])", r"\\\1", text)
+
+
+def _site(app: Any) -> str:
+    """The site's queue prefix: with a ``host.site_id``, its tasks are those of its queues."""
+    from core.settings import queue_prefix
+
+    config = getattr(app, "host_config", None)
+    return queue_prefix(config) if config is not None else ""
 
 
 def _sql_row(app: Any, backend: Any, values: dict[str, Any]) -> ResultRow:
@@ -380,7 +409,7 @@ def _row(app: Any, meta: dict[str, Any]) -> ResultRow:
         task_id=str(meta["task_id"]),
         state=state,
         name=meta.get("name"),
-        date_done=_aware(app, meta.get("date_done")),
+        date_done=stored_time(app, meta.get("date_done")),
         worker=meta.get("worker"),
         queue=meta.get("queue"),
         retries=meta.get("retries"),
@@ -388,7 +417,7 @@ def _row(app: Any, meta: dict[str, Any]) -> ResultRow:
         kwargs=mask(meta.get("kwargs")),
         result=mask(result),
         error=error,
-        outcome=report.get("outcome"),
+        outcome="failed" if state in ("FAILURE", "REVOKED") else report.get("outcome"),
         started=report.get("started"),
         runtime=float(runtime) if isinstance(runtime, (int, float)) else None,
     )
@@ -409,17 +438,3 @@ def _decode(backend: Any, payload: Any) -> Any:
         return backend.decode(bytes(payload) if isinstance(payload, memoryview) else payload)
     except Exception as e:  # one bad row must not hide the others
         return f"<cannot decode: {type(e).__name__}>"
-
-
-def _aware(app: Any, value: Any) -> datetime | None:
-    """``date_done`` in UTC: SQL stores it naive in the app's zone, Redis as ISO 8601 text."""
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-    if not isinstance(value, datetime):
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=app.timezone)
-    return value.astimezone(timezone.utc)

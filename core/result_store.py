@@ -33,12 +33,13 @@ import threading
 import time
 from typing import Any
 
+from celery.app.task import Context
 from celery.backends.asynchronous import AsyncBackendMixin
 from celery.backends.base import BaseKeyValueStoreBackend
-from celery.states import READY_STATES
+from celery.states import READY_STATES, STARTED
 
 from core.masking import mask_url
-from core.task_context import REPORT, report_of
+from core.task_context import REPORT, report_of, start_report
 
 logger = logging.getLogger("host.results")
 
@@ -73,6 +74,9 @@ def _store_passing(backend: Any, task_id: str, result: Any, state: str, *args: A
     replaces it anyway. A store that does not answer costs the passing state
     only, said at DEBUG: the final state is retried and, if lost, logged.
     """
+    request = kwargs.get("request")
+    if state == STARTED and isinstance(request, Context):  # the run's own request, in the pool
+        start_report(request, backend.app)
     try:
         backend._store_result(task_id, backend.encode_result(result, state), state, *args, **kwargs)
     except Exception as e:
@@ -180,18 +184,39 @@ def _carry_reports(backend: Any) -> None:
     if getattr(backend, "stores_reports", False):
         return
     if isinstance(backend, BaseKeyValueStoreBackend):
-        meta_of = backend._get_result_meta
+        meta_of, store = backend._get_result_meta, backend._store_result
+        kept = threading.local()
 
         def _get_result_meta(result: Any, state: str, traceback: Any, request: Any, **kwargs: Any) -> Any:
             meta = meta_of(result, state, traceback, request, **kwargs)
             report = report_of(request)
             if report is not None:
                 meta[REPORT] = report.as_dict(state)
+            elif getattr(kept, "report", None) is not None:
+                meta[REPORT] = kept.report
             return meta
 
+        def _store_result(task_id: str, result: Any, state: str, *args: Any, **kwargs: Any) -> Any:
+            # A state the worker's main process stores (REVOKED by terminate, a lost pool
+            # process, a hard time limit) has no report: keep the one the task stored.
+            if state in READY_STATES and report_of(kwargs.get("request")) is None:
+                kept.report = _previous_report(backend, task_id)
+            try:
+                return store(task_id, result, state, *args, **kwargs)
+            finally:
+                kept.report = None
+
         backend._get_result_meta = _get_result_meta
+        backend._store_result = _store_result
     elif isinstance(backend, DatabaseBackend):
         _SqlReports(backend).install()
+
+
+def _previous_report(backend: Any, task_id: str) -> Any:
+    try:
+        return backend._get_task_meta_for(task_id).get(REPORT)
+    except Exception:  # the write that follows reports an unreachable store
+        return None
 
 
 class _SqlReports:
@@ -238,7 +263,7 @@ class _SqlReports:
         try:
             session.execute(
                 text(f"UPDATE {table} SET host_report = :report WHERE task_id = :id"),
-                {"report": json.dumps(report, default=str), "id": task_id},
+                {"report": json.dumps(report, default=str, ensure_ascii=False), "id": task_id},
             )
             session.commit()
         finally:

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from core.errors import ConfigError, HostError, ResultTimeout, ServiceUnavailable, TaskFailed
-from core.masking import mask, mask_text, mask_url
+from core.masking import mask, mask_lines, mask_text, mask_url
 from core.result_store import stored_report
 from core.task_context import PROGRESS
 
@@ -124,6 +124,11 @@ def outcome(app: Any, task_id: str, wait: bool = False, timeout: float | None = 
             f"task {name or ''}[{task_id}] failed: {type(value).__name__}: {value}",
             hint=_raised_at(traceback),
         )
+    if state == "REVOKED":
+        raise TaskFailed(
+            f"task {name or ''}[{task_id}] was revoked before it finished",
+            hint=f"'host result {task_id}' shows what it logged until then",
+        )
     return Outcome(task_id, state, value if state == "SUCCESS" else None, name)
 
 
@@ -172,6 +177,8 @@ class TaskView:
     @property
     def outcome(self) -> str | None:
         """The task's own outcome: "ok" or "failed" once done; None while running or unknown."""
+        if self.state in ("FAILURE", "REVOKED"):  # also when stored by the worker's main process
+            return "failed"
         return self.report.get("outcome") if self.report else None
 
     @property
@@ -201,7 +208,7 @@ class TaskView:
             "progress": self.progress,
             "log": {"info": report.get("info", []), "errors": report.get("errors", [])},
             "log_cut": report.get("cut", {"info": 0, "errors": 0}),
-            "result": self.result if self.state in ("SUCCESS", PROGRESS) else None,
+            "result": self.result,
             "error": self.error,
             "raised_at": self.raised_at,
             "traceback": self.traceback,
@@ -212,6 +219,14 @@ def describe(app: Any, task_id: str) -> TaskView:
     """Everything the result store holds about ``task_id`` (PENDING when it holds nothing)."""
     require_backend(app)
     backend = app.backend
+    if type(backend).__name__ == "RPCBackend":
+        raise ConfigError(
+            f"the result backend {mask_url(str(app.conf.result_backend))} keeps no results: rpc:// "
+            "sends each result to the process that sent the task, which alone can read it",
+            key="celery.result_backend",
+            path=str(app.host_config.path) if getattr(app, "host_config", None) else None,
+            hint="to read results from another process, use redis://, a db+ database, or embedded+sqlite://",
+        )
     try:
         meta = backend.get_task_meta(task_id)
         report = stored_report(backend, task_id, meta)
@@ -228,18 +243,29 @@ def describe(app: Any, task_id: str) -> TaskView:
         args=mask(_plain(meta.get("args"))),
         kwargs=mask(_plain(meta.get("kwargs"))),
         worker=meta.get("worker"),
-        queue=meta.get("queue"),
         retries=meta.get("retries"),
-        date_done=_datetime(meta.get("date_done")),
-        traceback=meta.get("traceback"),
+        date_done=stored_time(app, meta.get("date_done")),
+        queue=_unprefixed(app, meta.get("queue")),
+        traceback=mask_lines(meta["traceback"]) if meta.get("traceback") else None,
         report=report,
     )
     if isinstance(value, BaseException):
         view.error = mask_text(f"{type(value).__name__}: {' '.join(str(value).split())}")
         view.raised_at = _raised_at(view.traceback)
-    elif state in ("SUCCESS", PROGRESS) or (state not in ("STARTED", "PENDING") and value is not None):
-        view.result = value
+    elif state == "SUCCESS":
+        view.result = value  # the task's own output, as it returned it
+    elif state not in ("STARTED", "PENDING") and value is not None:
+        view.result = mask(value)  # PROGRESS, or the info of a state the task set itself
     return view
+
+
+def _unprefixed(app: Any, queue: str | None) -> str | None:
+    """A queue as plugins and ``-Q`` name it: without ``host.site_id``'s prefix."""
+    from core.settings import queue_prefix
+
+    config = getattr(app, "host_config", None)
+    prefix = queue_prefix(config) if config is not None and queue else ""
+    return queue[len(prefix) :] if queue and prefix and queue.startswith(prefix) else queue
 
 
 def watch(
@@ -292,8 +318,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _datetime(value: Any) -> datetime | None:
-    """A stored time, zone-aware: SQL stores keep UTC without its zone."""
+def stored_time(app: Any, value: Any) -> datetime | None:
+    """A stored ``date_done`` in UTC: SQL stores keep it naive in the app's zone, Redis as ISO text."""
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
@@ -301,4 +327,6 @@ def _datetime(value: Any) -> datetime | None:
             return None
     if not isinstance(value, datetime):
         return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=app.timezone)
+    return value.astimezone(timezone.utc)

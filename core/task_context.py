@@ -29,7 +29,9 @@ anyway.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -51,6 +53,8 @@ REPORT = "host_report"
 PROGRESS = "PROGRESS"
 #: A report is written at most this often for progress (the last step always is).
 PROGRESS_INTERVAL = 0.2
+#: ...and at most this often for log lines, while the task runs.
+LOG_INTERVAL = 1.0
 #: The default of ``host.task_log.max_bytes``.
 MAX_BYTES = 64 * 1024
 #: The longest single line kept; the rest of it is cut and marked.
@@ -82,16 +86,21 @@ class Report:
         self.progress: dict[str, Any] | None = None
         self.runtime: float | None = None
 
+    def full(self, level: int) -> bool:
+        return self.used[_kind(level)] >= self.budget
+
     def add(self, level: int, message: str) -> None:
-        kind = "errors" if level >= logging.ERROR else "info"
-        if len(message) > MAX_LINE:
-            message = f"{message[:MAX_LINE]}... [{len(message) - MAX_LINE} characters cut]"
-        size = len(message.encode("utf-8", "replace")) + 40
+        """Keep one line (already cut and masked), or count it when its half of the budget is spent."""
+        kind = _kind(level)
+        entry = {"time": _now(), "level": logging.getLevelName(level), "message": message}
+        # What the line costs in the stored JSON, so the report stays within max_bytes.
+        size = len(json.dumps(entry, ensure_ascii=False).encode("utf-8", "replace")) + 2
         if self.used[kind] + size > self.budget:
             self.cut[kind] += 1
+            self.used[kind] = max(self.used[kind], self.budget)  # later (shorter) lines are cut too
             return
         self.used[kind] += size
-        getattr(self, kind).append({"time": _now(), "level": logging.getLevelName(level), "message": message})
+        getattr(self, kind).append(entry)
 
     def finish(self) -> None:
         if self.runtime is None:
@@ -119,6 +128,25 @@ class Report:
         }
 
 
+def _kind(level: int) -> str:
+    return "errors" if level >= logging.ERROR else "info"
+
+
+def cut_line(message: str) -> str:
+    if len(message) > MAX_LINE:
+        return f"{message[:MAX_LINE]}... [{len(message) - MAX_LINE} characters cut]"
+    return message
+
+
+def start_report(request: Any, app: Any) -> Report:
+    """The report of the run ``request`` describes, made when it starts (the first stored state)."""
+    report = report_of(request)
+    if report is None:
+        report = Report(_max_bytes(app))
+        setattr(request, REPORT, report)
+    return report
+
+
 def report_of(request: Any) -> Report | None:
     return getattr(request, REPORT, None) if request is not None else None
 
@@ -131,13 +159,20 @@ class TaskLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     last line (``ValueError: ...``).
     """
 
-    def __init__(self, logger: logging.Logger, report: Report) -> None:
+    def __init__(self, logger: logging.Logger, report: Report, on_line: Any = None) -> None:
         super().__init__(logger, {})
         self.report = report
+        self.on_line = on_line
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         if level >= logging.INFO:
-            self.report.add(level, mask_text(_format(msg, args, kwargs.get("exc_info"))))
+            if self.report.full(level):
+                self.report.cut[_kind(level)] += 1
+            else:
+                # Cut before masking: masking reads the whole line.
+                self.report.add(level, mask_text(cut_line(_format(msg, args, kwargs.get("exc_info")))))
+            if self.on_line is not None:
+                self.on_line()
         super().log(level, msg, *args, **kwargs)
 
 
@@ -166,7 +201,7 @@ class TaskContext:
     def __init__(self, task: HostTask, report: Report) -> None:
         self.task = task
         self.report = report
-        self.log = TaskLog(get_task_logger(task.name), report)
+        self.log = TaskLog(get_task_logger(task.name), report, on_line=self._logged)
         self._written = 0.0
 
     @property
@@ -214,17 +249,31 @@ class TaskContext:
             raise TypeError(f"progress: current must be a number, not {type(current).__name__}")
         if total is not None and (not isinstance(total, (int, float)) or isinstance(total, bool)):
             raise TypeError(f"progress: total must be a number or None, not {type(total).__name__}")
-        info = {"current": current, "total": total, "message": mask_text(str(message))}
+        info = {"current": current, "total": total, "message": mask_text(cut_line(str(message)))}
         self.report.progress = {**info, "time": _now()}
-        now = time.monotonic()
         last = total is not None and current >= total
-        if not last and self._written and now - self._written < PROGRESS_INTERVAL:
+        self._store(PROGRESS_INTERVAL, force=last)
+
+    def _logged(self) -> None:
+        """A line was logged: stored with the state at most every :data:`LOG_INTERVAL` seconds,
+        so that what a task logged survives it, even if it never reports progress."""
+        self._store(LOG_INTERVAL)
+
+    def _store(self, interval: float, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and self._written and now - self._written < interval:
             return
         self._written = now
-        request = self.task.request
-        if request.id is None or request.called_directly or not _stores(self.task, request):
+        task, request = self.task, self.task.request
+        if request.id is None or request.called_directly or not _stores(task, request):
             return
-        self.task.update_state(task_id=request.id, state=PROGRESS, meta=info)
+        progress = self.report.progress
+        if progress is not None:
+            info = {key: progress[key] for key in ("current", "total", "message")}
+            task.update_state(task_id=request.id, state=PROGRESS, meta=info)
+        else:  # Celery's own STARTED info
+            info = {"pid": os.getpid(), "hostname": request.hostname}
+            task.update_state(task_id=request.id, state="STARTED", meta=info)
 
 
 def _stores(task: Task, request: Any) -> bool:
@@ -249,7 +298,8 @@ class HostTask(Task):
     plugin: str | None = None
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
-        setattr(self.request, REPORT, Report(_max_bytes(self.app)))
+        # Usually made already, when STARTED was stored (core/result_store.py).
+        start_report(self.request, self.app)
 
     @property
     def context(self) -> TaskContext:
@@ -257,11 +307,7 @@ class HostTask(Task):
         request = self.request
         found = getattr(request, "host_context", None)
         if found is None:
-            report = report_of(request)
-            if report is None:  # called directly, not through Celery
-                report = Report(_max_bytes(self.app))
-                setattr(request, REPORT, report)
-            found = TaskContext(self, report)
+            found = TaskContext(self, start_report(request, self.app))
             request.host_context = found
         return found  # type: ignore[no-any-return]
 

@@ -145,6 +145,37 @@ def test_send_wait_prints_each_progress_update_then_the_result(setup: Setup) -> 
     assert all(line.startswith("progress: ") for line in done.stderr.splitlines()), done.stderr
 
 
+def test_what_a_task_logged_survives_its_termination(setup: Setup) -> None:
+    """A terminated task's REVOKED state keeps the log and progress it stored while it ran."""
+    task_id = setup.send("example.ingest", json.dumps([f"item-{n}" for n in range(40)]), "0.5")
+
+    def logged() -> dict | None:
+        view = setup.view(task_id)
+        return view if len(view["log"]["info"]) >= 2 else None
+
+    wait_until(logged, 60, "two log lines stored while it runs", setup.worker.failure_details)
+    done = setup.host("revoke", task_id, "--terminate")
+    assert done.returncode == 0, done.stderr
+    view = finished(setup, task_id)
+    assert (view["state"], view["outcome"]) == ("REVOKED", "failed")
+    assert view["log"]["info"][0]["message"] == "ingesting 40 items (greeting from [plugin:example]: Howdy)"
+    assert view["progress"]["total"] == 40 and view["started"]
+    shown = setup.host("result", task_id)
+    assert shown.returncode == 1 and "ingested 'item-0'" in shown.stdout, shown.stdout
+
+
+def test_a_running_task_that_reports_nothing_shows_when_it_started(setup: Setup) -> None:
+    task_id = setup.send("example.sleep", "4")
+    shown = wait_until(
+        lambda: (text := setup.host("result", task_id).stdout).startswith("STARTED") and text,
+        60,
+        "STARTED",
+        setup.worker.failure_details,
+    )
+    assert "  started:   " in shown and ", running" in shown, shown  # type: ignore[operator]
+    assert finished(setup, task_id)["runtime"] >= 4
+
+
 # -- after a task ran -----------------------------------------------------------------
 
 

@@ -75,10 +75,13 @@ def results(
     if unnamed:
         config = getattr(app, "host_config", None)
         where = f" in {config.path}" if config else ""
-        click.echo(
-            f"{unnamed} of these results have no task name, arguments or worker: they are stored only "
-            f"with celery.result_extended = true{where}"
-        )
+        if app.conf.result_extended:
+            why = (
+                "stored while celery.result_extended was off, or by a revoke of a task no worker had received"
+            )
+        else:
+            why = f"they are stored only with celery.result_extended = true{where}"
+        click.echo(f"{unnamed} of these results have no task name, arguments or worker: {why}")
 
 
 def _filters(**given: Any) -> str:
