@@ -36,9 +36,11 @@ $(VENV)/.installed: $(BIN)/python setup.py example_ext/setup.py
 	$(BIN)/python -m pip install -q -e . -e ./example_ext
 	touch $@
 
-# The suite runs `make bench-quick` once (tests/test_bench.py): its packages come with the test ones.
+# The suite runs bench-quick's command once, at --smoke size (tests/test_bench.py): its packages come
+# with the test ones;
+# and `host new-extension` once (tests/test_scaffold.py): the scaffold extra.
 $(VENV)/.installed-test: $(VENV)/.installed setup.py
-	$(BIN)/python -m pip install -q -e '.[test,redis,bench]'
+	$(BIN)/python -m pip install -q -e '.[test,redis,bench,scaffold]'
 	touch $@ $(VENV)/.installed-bench
 
 $(VENV)/.installed-bench: $(VENV)/.installed setup.py

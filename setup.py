@@ -9,7 +9,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="MIT",
-    packages=["core", "plugins"],
+    packages=["core", "core.cli", "core.testing", "plugins"],
+    # py.typed: mypy checks an extension's hook implementations and task code against ours.
+    # templates/: what `host new-extension` renders (copier).
+    package_data={"core": ["py.typed", "templates/**/*"], "plugins": ["py.typed"]},
     python_requires=">=3.10",
     install_requires=[
         # 5.7 reports duplicate task names through one method we escalate to an error.
@@ -24,10 +27,17 @@ setup(
         # host send --wait's live progress bar (with an ETA) and terminal-aware
         # output: the well-kept library for it, instead of hand-drawn bars.
         "rich>=13",
+        # host celeryd --reload: file watching with inotify (polling where there is none) and
+        # debounced batches, so a burst of saves is one restart. Celery removed --autoreload.
+        "watchfiles>=0.21",
     ],
     extras_require={
         "redis": ["redis>=5"],
         "flower": ["flower>=2"],
+        # `host new-extension` renders its template with copier: a template library rather than
+        # file-writing code; its `.jinja` suffix keeps the template's Python out of our lint
+        # and tests. An extra: a production host does not need it (a clear error names it).
+        "scaffold": ["copier>=9.4,<10"],
         # pytest-xdist runs the suite's modules in parallel (make test): the suite starts
         # real workers and brokers, and takes twice as long on one core.
         # Flower: the embedded broker's tests check that Flower's API sees its workers and tasks.
@@ -44,6 +54,10 @@ setup(
             # host results and task reports are tested on a real PostgreSQL through Celery's
             # db+postgresql+psycopg:// result backend (the machine runs PostgreSQL).
             "psycopg[binary]>=3.1",
+            # tests/test_flower.py opens Flower in a real headless browser: Debian's chromium
+            # (.ci/run installs it), driven through executable_path. Never `playwright install`:
+            # no browser is downloaded.
+            "playwright>=1.40",
         ],
         # bench/ compares the host's discovery with stevedore and with pkg_resources
         # (what CKAN used; setuptools 81 removes it).
@@ -54,5 +68,9 @@ setup(
         # the well-kept tool for it, with layers, forbidden and acyclic contracts.
         "lint": ["ruff==0.17.*", "mypy==2.4.*", "import-linter==2.17.*"],
     },
-    entry_points={"console_scripts": ["host = core.cli:main"]},
+    entry_points={
+        "console_scripts": ["host = core.cli:main"],
+        # The test kit: its fixtures (host_app, host_worker, ...) in every pytest run, no conftest.
+        "pytest11": ["host = core.testing.plugin"],
+    },
 )

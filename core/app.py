@@ -62,6 +62,30 @@ class HostCelery(Celery):
     def _get_backend(self) -> Any:
         return guard(super()._get_backend())
 
+    def send_task(
+        self,
+        name: str,
+        args: Any = None,
+        kwargs: Any = None,
+        countdown: Any = None,
+        eta: Any = None,
+        *more: Any,
+        **options: Any,
+    ) -> Any:
+        """Celery's ``send_task``; a countdown or ETA less than a second away waits one second
+        when Celery's native delayed delivery carries it (quorum queues on RabbitMQ).
+
+        Celery (5.5 to 5.7 at least) routes such a message through its delay queues by whole
+        seconds, ``int(countdown)``, and a countdown of 0 < s < 1 raises
+        ``ValueError: countdown must be a positive number`` from kombu's
+        ``calculate_routing_key``: the send fails, and a task retrying with
+        ``self.retry(countdown=0.5)`` is rejected and lost. One second is still
+        "no earlier than" the time asked for.
+        """
+        if (countdown or eta) and _delays_natively(self) and _under_a_second(self, countdown, eta):
+            countdown, eta = 1, None
+        return super().send_task(name, args, kwargs, countdown, eta, *more, **options)
+
     def _warn_if_duplicate_task_name(self, task: Any, fun: Any, name: str) -> None:
         # Celery skips the check when the registered task is class-based (it
         # has no decorated function to compare), silently dropping ``fun``.
@@ -75,3 +99,21 @@ class HostCelery(Celery):
         # warns. Two extensions silently sharing a name is a lost task, so it
         # is an error here; discovery adds which extensions are involved.
         raise DuplicateTaskError(name, existing, new)
+
+
+def _under_a_second(app: Celery, countdown: Any, eta: Any) -> bool:
+    """The delay Celery computes for native delayed delivery is more than 0 and less than 1 s."""
+    if eta:  # as Celery computes it: an ETA wins over a countdown
+        from celery.utils.time import subtract_datetimes
+        from dateutil.parser import isoparse
+
+        when = isoparse(eta) if isinstance(eta, str) else eta
+        countdown = subtract_datetimes(when, app.now()).total_seconds()
+    return isinstance(countdown, (int, float)) and 0 < countdown < 1
+
+
+def _delays_natively(app: Celery) -> bool:
+    """Celery's own test for native delayed delivery: a quorum queue among the app's queues, on AMQP."""
+    from celery.utils.quorum_queues import detect_quorum_queues
+
+    return bool(detect_quorum_queues(app, app.connection_for_write().transport.driver_type)[0])

@@ -36,6 +36,7 @@ from core import availability
 from core.errors import ServiceUnavailable, UsageError
 from core.sending import (
     PLAIN_DATA,
+    ArgumentCheck,
     apply_here,
     as_a_worker_gets_them,
     broker_unavailable,
@@ -160,6 +161,7 @@ def _send_batches(
 
     ids: list[str] = []
     publisher = _Publisher(app, connection, policy)
+    fits = ArgumentCheck(app, name)
     try:
         position = 0
         for batch, problem in _batches(items, BATCH):
@@ -168,6 +170,7 @@ def _send_batches(
                 try:
                     args, kwargs, own = item_call(item, position)
                     check_size(app, name, args, kwargs)
+                    fits(args, kwargs, f"item {position}: ")
                 except UsageError as e:
                     problem = e
                     break
@@ -210,12 +213,14 @@ def run_many_inline(app: Any, name: str, items: Iterable[Any], **options: Any) -
     """
     task = inline_task(app, name)
     ids: list[str] = []
+    fits = ArgumentCheck(app, name)
     position = 0
     for batch, problem in _batches(items, BATCH):
         for item in batch:
             try:
                 args, kwargs, own = item_call(item, position)
                 check_size(app, name, args, kwargs)
+                fits(args, kwargs, f"item {position}: ")
                 args, kwargs = as_a_worker_gets_them(app, f"item {position} of {name}", args, kwargs)
             except UsageError as e:
                 problem = e

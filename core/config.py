@@ -7,7 +7,7 @@ file or the environment for settings.
 The ini follows PasteDeploy's conventions, as CKAN's did: settings live in
 ``[app:main]``; ``%(here)s`` is the folder holding the file; ``[DEFAULT]``
 holds names to interpolate; ``use = config:base.ini`` in ``[app:main]`` builds
-on another file, whose keys the file overrides (:func:`read_chain`). Two
+on another file, whose keys the file overrides (:func:`read_chain`). These
 namespaces are accepted in ``[app:main]``:
 
 ``celery.<setting>``
@@ -18,6 +18,10 @@ namespaces are accepted in ``[app:main]``:
 ``smtp.<key>``
     The mail server for failure emails (``host.admin_emails``), listed in
     :data:`SMTP_OPTIONS`; ``HOST_SMTP_<KEY>`` overrides each (``HOST_SMTP_PASSWORD``).
+``flower.<key>``
+    How ``host flower`` runs Flower (core/flower.py), listed in
+    :data:`FLOWER_OPTIONS`; ``HOST_FLOWER_<KEY>`` overrides each
+    (``HOST_FLOWER_BASIC_AUTH``).
 
 Environment variables override the file, so secrets need not live in it:
 ``HOST_CELERY_<SETTING>`` for any Celery setting, Celery's own
@@ -222,6 +226,42 @@ SMTP_OPTIONS: dict[str, Option] = {
 #: ``HOST_SMTP_<KEY>`` overrides ``smtp.<key>``.
 HOST_SMTP_ENV_PREFIX = "HOST_SMTP_"
 
+#: Every ``flower.*`` key: how ``host flower`` runs Flower (core/flower.py).
+FLOWER_OPTIONS: dict[str, Option] = {
+    "address": Option(
+        "address",
+        "string",
+        "127.0.0.1",
+        "The address Flower listens on. Any other than a loopback address needs flower.basic_auth: "
+        "Flower can revoke tasks and shut workers down.",
+    ),
+    "port": Option("port", "int", 5555, "The port Flower listens on (1-65535)."),
+    "url_prefix": Option(
+        "url_prefix",
+        "string",
+        "",
+        "Serve Flower under this path, for a reverse proxy: 'flower' serves http://HOST/flower/. "
+        "Empty: at /.",
+        pattern=(r"[A-Za-z0-9_./-]*", "letters, digits, '_', '.', '-' and '/' only"),
+    ),
+    "basic_auth": Option(
+        "basic_auth",
+        "string",
+        "",
+        "user:password[,user2:password2]: HTTP basic auth for every page and the API "
+        "(HOST_FLOWER_BASIC_AUTH keeps it out of the file). Never printed. Empty: none.",
+    ),
+}
+#: ``HOST_FLOWER_<KEY>`` overrides ``flower.<key>``.
+HOST_FLOWER_ENV_PREFIX = "HOST_FLOWER_"
+
+#: The namespaces of ``[app:main]`` besides ``celery.*`` and ``host.*``: their keys, and
+#: the prefix of the environment variables that override them.
+NAMESPACES: dict[str, tuple[dict[str, Option], str]] = {
+    "smtp": (SMTP_OPTIONS, HOST_SMTP_ENV_PREFIX),
+    "flower": (FLOWER_OPTIONS, HOST_FLOWER_ENV_PREFIX),
+}
+
 #: The environment variables of plugin options start with this.
 PLUGIN_ENV_PREFIX = "HOST_PLUGIN_"
 
@@ -253,6 +293,8 @@ class HostConfig:
     logging_path: Path | None = None
     #: The ``smtp.*`` keys, every one (defaults included), by their names without ``smtp.``.
     smtp: dict[str, Any] = field(default_factory=dict)
+    #: The ``flower.*`` keys, likewise (``host flower``).
+    flower: dict[str, Any] = field(default_factory=dict)
 
     def plugin_section(self, name: str) -> dict[str, str]:
         """The raw keys of ``[plugin:NAME]``, interpolated; empty when there is none."""
@@ -330,7 +372,8 @@ def load_config(
     chain = read_chain(ini)
     celery, host, sources = _read_settings(chain)
     _apply_environment(environ, celery, host, sources)
-    smtp = _read_smtp(chain, environ, sources)
+    smtp = _read_namespace("smtp", chain, environ, sources)
+    flower = _read_namespace("flower", chain, environ, sources)
     for name, value in CELERY_DEFAULTS.items():
         if name not in celery:
             # A copy: a caller changing its list must not change the next load's default.
@@ -341,6 +384,7 @@ def load_config(
     _check_serializers(celery, sources, chain)
     _check_embedded_options(celery, sources, chain)
     _check_addresses(host, smtp, sources, chain)
+    _check_flower(flower, sources, chain)
     has_logging = chain.logging_path is not None
     if has_logging and "worker_hijack_root_logger" not in celery:
         celery["worker_hijack_root_logger"] = False
@@ -358,6 +402,7 @@ def load_config(
         written_in=chain.written_in,
         logging_path=chain.logging_path,
         smtp=smtp,
+        flower=flower,
     )
 
 
@@ -371,13 +416,13 @@ def _read_settings(chain: IniChain) -> tuple[dict[str, Any], dict[str, Any], dic
         namespace, _, name = key.partition(".")
         if namespace == "celery":
             celery[name] = convert_celery(name, value, path=str(origin), key=key)
-        elif namespace == "smtp":
-            continue  # read by _read_smtp
+        elif namespace in NAMESPACES:
+            continue  # read by _read_namespace
         elif namespace == "host":
             host[name] = convert_host(name, value, path=str(origin), key=key)
         else:
             raise ConfigError(
-                "unknown key: settings in this section start with 'celery.', 'host.' or 'smtp.'",
+                "unknown key: settings in this section start with 'celery.', 'host.', 'smtp.' or 'flower.'",
                 path=str(origin),
                 section=APP_SECTION,
                 key=key,
@@ -494,45 +539,50 @@ def _apply_environment(
             sources[f"host.{key}"] = f"env {var}"
 
 
-# -- smtp.* (failure emails, core/notify.py) ------------------------------
+# -- smtp.* (failure emails, core/notify.py) and flower.* (host flower) ----
 
 
-def _read_smtp(chain: IniChain, environ: Mapping[str, str], sources: dict[str, str]) -> dict[str, Any]:
-    """The ``smtp.*`` keys of ``[app:main]``, overridden by ``HOST_SMTP_<KEY>``, else their defaults."""
-    smtp: dict[str, Any] = {}
+def _read_namespace(
+    namespace: str, chain: IniChain, environ: Mapping[str, str], sources: dict[str, str]
+) -> dict[str, Any]:
+    """The ``smtp.*`` (or ``flower.*``) keys of ``[app:main]``, overridden by ``HOST_SMTP_<KEY>``
+    (``HOST_FLOWER_<KEY>``), else their defaults."""
+    options, prefix = NAMESPACES[namespace]
+    values: dict[str, Any] = {}
     for key, value in section_values(chain.parser, APP_SECTION, chain.origin).items():
-        namespace, _, name = key.partition(".")
-        if namespace == "smtp":
+        space, _, name = key.partition(".")
+        if space == namespace:
             origin = chain.origin(APP_SECTION, key)
-            smtp[name] = convert_smtp(name, value, path=str(origin), key=key)
+            values[name] = convert_namespace(namespace, name, value, path=str(origin), key=key)
             sources[key] = _file_source(chain.path, origin)
     for var in sorted(environ):
         # An empty variable counts as unset, as for every other override.
-        if var.startswith(HOST_SMTP_ENV_PREFIX) and environ[var] != "":
-            name = var[len(HOST_SMTP_ENV_PREFIX) :].lower()
-            smtp[name] = convert_smtp(name, environ[var], path=ENVIRONMENT, key=var)
-            sources[f"smtp.{name}"] = f"env {var}"
-    for name, option in SMTP_OPTIONS.items():
-        if name not in smtp:
-            smtp[name], sources[f"smtp.{name}"] = option.default, "default"
-    return smtp
+        if var.startswith(prefix) and environ[var] != "":
+            name = var[len(prefix) :].lower()
+            values[name] = convert_namespace(namespace, name, environ[var], path=ENVIRONMENT, key=var)
+            sources[f"{namespace}.{name}"] = f"env {var}"
+    for name, option in options.items():
+        if name not in values:
+            values[name], sources[f"{namespace}.{name}"] = option.default, "default"
+    return values
 
 
-def convert_smtp(name: str, value: str, *, path: str, key: str) -> Any:
-    """Convert and check one ``smtp.`` value (from the file, or ``HOST_SMTP_<KEY>``)."""
-    option = SMTP_OPTIONS.get(name)
+def convert_namespace(namespace: str, name: str, value: str, *, path: str, key: str) -> Any:
+    """Convert and check one ``smtp.`` or ``flower.`` value (from the file, or the environment)."""
+    options, prefix = NAMESPACES[namespace]
+    option = options.get(name)
     section = _section_of(path)
     if option is None:
         in_env = path == ENVIRONMENT
         raise ConfigError(
-            "unknown smtp setting" + (" in the environment" if in_env else ""),
+            f"unknown {namespace} setting" + (" in the environment" if in_env else ""),
             path=path,
             section=section,
             key=key,
             hint=suggest(
                 name,
-                SMTP_OPTIONS,
-                render=lambda k: HOST_SMTP_ENV_PREFIX + k.upper() if in_env else f"smtp.{k}",
+                options,
+                render=lambda k: prefix + k.upper() if in_env else f"{namespace}.{k}",
             ),
         )
     return option.convert(value, path=path, section=section, key=key)
@@ -564,6 +614,33 @@ def _check_addresses(
                 **where,
                 hint="write addresses such as admin@example.org, separated by spaces or commas",
             )
+
+
+def _check_flower(flower: dict[str, Any], sources: dict[str, str], chain: IniChain) -> None:
+    """``flower.port`` is a port; ``flower.basic_auth`` is ``user:password[,...]``, never quoted back."""
+    port = flower.get("port")
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError(
+            f"{port!r} is not a port", **_where("flower.port", sources, chain), hint="write 1 to 65535"
+        )
+    credentials = flower.get("basic_auth") or ""
+    for n, pair in enumerate(credentials.split(",") if credentials else [], 1):
+        user, colon, password = pair.strip().partition(":")
+        if not (user and colon and password):
+            # The value holds passwords: say which entry is wrong, never what it says.
+            raise ConfigError(
+                f"entry {n} of the value is not user:password (the value is not shown: it holds passwords)",
+                **_where("flower.basic_auth", sources, chain),
+                hint="write user:password, several separated by commas: alice:s3cret,bob:0ther",
+            )
+
+
+def _where(key: str, sources: dict[str, str], chain: IniChain) -> dict[str, Any]:
+    """Where a value was set, for an error: the variable that set it, else its file and key."""
+    source = sources.get(key, "")
+    if source.startswith("env "):
+        return {"path": ENVIRONMENT, "key": source.removeprefix("env ")}
+    return {"path": str(chain.origin(APP_SECTION, key)), "section": APP_SECTION, "key": key}
 
 
 #: Each serializer, the setting listing what its readers accept, and what a mismatch does.

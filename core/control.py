@@ -9,8 +9,10 @@ returns plain data.
 Workers are asked through Celery's remote control (a broadcast on the
 site's control exchange, replies collected for ``timeout`` seconds, or until
 every worker named has answered). Queues are counted without any worker: on
-RabbitMQ by a passive ``queue_declare`` of each queue (it creates nothing), on
-the embedded broker from its SQLite store (:func:`core.embedded_store.read_report`).
+RabbitMQ by a passive ``queue_declare`` of each queue (it creates nothing), its
+type (classic, quorum, stream) probed by declares that change nothing
+(:func:`_queue_type`); on the embedded broker from its SQLite store
+(:func:`core.embedded_store.read_report`).
 
 A queue is named as plugins and ``-Q`` name it; ``host.site_id``'s prefix is
 added on the way to the broker and taken off on the way back
@@ -29,7 +31,7 @@ from typing import Any
 
 from core.errors import HostError, UsageError
 from core.masking import mask, mask_url
-from core.sending import broker_unavailable
+from core.sending import broker_unavailable, login_refused
 from core.settings import queue_name, queue_prefix
 
 #: What ``host inspect`` can ask, each one of Celery's ``Inspect`` methods.
@@ -37,6 +39,12 @@ INSPECTIONS = ("registered", "active", "scheduled", "reserved", "stats", "ping")
 DEFAULT_TIMEOUT = 1.0
 #: Signals worth a mention when a name is wrong.
 COMMON_SIGNALS = ("SIGTERM", "SIGKILL", "SIGINT", "SIGUSR1")
+
+
+class RevokeRefused(HostError):
+    """A worker answered a revoke with an error: the task was not terminated."""
+
+    exit_code = 1
 
 
 class NoWorkerAnswered(HostError):
@@ -84,6 +92,9 @@ class QueueInfo:
     consumers: int | None
     #: Delivered to a worker and not yet acknowledged (known on the embedded broker only).
     held: int | None = None
+    #: ``classic``, ``quorum`` or ``stream`` on RabbitMQ; None on the embedded broker, for a
+    #: queue the broker does not have, and when no probe matched (:func:`_queue_type`).
+    type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,9 +189,17 @@ def revoke(
 
 
 def signal_name(name: str | None) -> str:
-    """``term``, ``TERM`` or ``SIGTERM`` -> ``SIGTERM``; an unknown name is a UsageError."""
+    """``term``, ``TERM``, ``SIGTERM`` or ``15`` -> ``SIGTERM``; an unknown one is a UsageError."""
     if name is None:
         return "SIGTERM"
+    if name.strip().isdigit():
+        try:
+            return signals.Signals(int(name)).name
+        except ValueError:
+            raise UsageError(
+                f"--signal {name} is not a signal number of this system",
+                hint=f"give a name such as {', '.join(COMMON_SIGNALS)}",
+            ) from None
     wanted = name.strip().upper()
     wanted = wanted if wanted.startswith("SIG") else f"SIG{wanted}"
     if wanted not in signals.Signals.__members__:
@@ -234,8 +253,11 @@ def queue_info(app: Any, queues: Iterable[str] | None = None) -> list[QueueInfo]
     with _broker(app, "the queues were not counted") as connection:
         for name in names:
             declared = _declared(connection, name)
-            waiting, consumers = (None, None) if declared is None else declared
-            found.append(QueueInfo(_short(app, name), name, waiting, consumers))
+            if declared is None:
+                found.append(QueueInfo(_short(app, name), name, None, None))
+                continue
+            kind = _queue_type(connection, name, _configured(app, name))
+            found.append(QueueInfo(_short(app, name), name, *declared, type=kind))
     return found
 
 
@@ -281,7 +303,12 @@ def _broker(app: Any, what: str) -> Iterator[Any]:
     errors = (OperationalError, *connection.connection_errors)
     try:
         with connection:
-            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+            try:
+                connection.ensure_connection(
+                    max_retries=1, interval_start=0, interval_step=0, timeout=timeout
+                )
+            except connection.channel_errors as e:  # py-amqp's AccessRefused: a wrong user or password
+                raise login_refused(app, e) from e
             yield connection
     except errors as e:
         raise broker_unavailable(app, what, e) from e
@@ -308,8 +335,11 @@ def _masked_request(item: Any) -> Any:
 
 
 def _answer(reply: Any) -> str:
+    """A worker's answer: its ``ok`` text, or ``error: ...``."""
     if isinstance(reply, dict):
-        return str(reply.get("ok") or reply.get("error") or reply)
+        if reply.get("error"):
+            return f"error: {reply['error']}"
+        return str(reply.get("ok") or reply)
     return str(reply)
 
 
@@ -364,6 +394,59 @@ def _declared(connection: Any, name: str) -> tuple[int, int] | None:
                 return None
             raise
     return int(ok.message_count), int(ok.consumer_count)
+
+
+#: RabbitMQ's queue types, as its ``x-queue-type`` argument names them.
+QUEUE_TYPES = ("classic", "quorum", "stream")
+
+
+def _queue_type(connection: Any, name: str, configured: Any) -> str | None:
+    """The type of the queue ``name``, which exists, by declares that change nothing; None if none matched.
+
+    AMQP 0-9-1 cannot ask a queue's type, and the management API may not be
+    enabled. But RabbitMQ refuses a declare of an existing queue whose
+    arguments differ from the queue's own (PRECONDITION_FAILED, 406,
+    "inequivalent arg 'x-queue-type'"), and accepts, changing nothing, one
+    that matches. So each type is tried with a declare carrying it: the type
+    the configuration declares first (Celery's ``x-queue-type``, else
+    classic), which on a broker that matches the configuration is the one
+    probe. On RabbitMQ 3.10 a queue declared without the argument is classic
+    and matches ``x-queue-type = classic``. A refusal closes its channel, so
+    each probe has a channel of its own. RabbitMQ compares the other
+    arguments too, so the probe repeats the configured ones
+    (``x-max-priority``...); a queue declared with arguments the
+    configuration does not have matches no probe. A user without the
+    configure permission on the queue is refused every probe (403): None too.
+
+    A declare creates a queue that does not exist: call this only after
+    :func:`_declared` found it.
+    """
+    from kombu.exceptions import ChannelError
+
+    arguments = dict(getattr(configured, "queue_arguments", None) or {})
+    first = str(arguments.get("x-queue-type") or "classic")
+    for kind in dict.fromkeys((first, *QUEUE_TYPES)):
+        with connection.channel() as channel:
+            try:
+                channel.queue_declare(
+                    name,
+                    durable=getattr(configured, "durable", True),
+                    exclusive=False,
+                    auto_delete=getattr(configured, "auto_delete", False),
+                    arguments={**arguments, "x-queue-type": kind},
+                )
+            except (ChannelError, *connection.channel_errors) as e:
+                if getattr(e, "code", None) == 406:  # not this type (or another argument differs)
+                    continue
+                return None
+        return kind
+    return None
+
+
+def _configured(app: Any, name: str) -> Any:
+    """The configuration's declaration of the queue ``name`` (a kombu ``Queue``), or None."""
+    # dict.get: Celery's Queues would create a declaration for a name it lacks.
+    return dict.get(app.amqp.queues, name)
 
 
 def _embedded_path(app: Any) -> Path | None:

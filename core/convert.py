@@ -56,12 +56,13 @@ def convert_value(kind: str, value: str, *, path: str, section: str | None, key:
     except (ValueError, TypeError) as e:
         # A value that may hold a secret is not quoted back.
         shown = "the value" if SECRET_KEY.search(text) else repr(mask(text, key))
-        raise ConfigError(
-            f"{shown} is not {_EXPECTED.get(kind, kind)}: {e}",
-            path=path,
-            section=section,
-            key=key,
-        ) from e
+        # A number below 0 is a number: say the rule it breaks, not that it is no number.
+        problem = "is out of range" if isinstance(e, _OutOfRange) else f"is not {_EXPECTED.get(kind, kind)}"
+        raise ConfigError(f"{shown} {problem}: {e}", path=path, section=section, key=key) from e
+
+
+class _OutOfRange(ValueError):
+    """A number, but one no Celery setting means anything by."""
 
 
 def _number(kind: Callable[[str], Any], text: str, example: str) -> Any:
@@ -69,9 +70,12 @@ def _number(kind: Callable[[str], Any], text: str, example: str) -> Any:
         number = kind(text)
     except ValueError:
         raise ValueError(f"write {example}") from None
-    # No Celery setting means anything by a negative count or time, nor by nan.
-    if not math.isfinite(number) or number < 0:
-        raise ValueError(f"must be 0 or more; write {example}")
+    # No Celery setting means anything by nan or an infinite count or time...
+    if not math.isfinite(number):
+        raise ValueError(f"write {example}")
+    # ... nor by a negative one.
+    if number < 0:
+        raise _OutOfRange("it must be 0 or more")
     return number
 
 

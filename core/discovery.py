@@ -24,10 +24,26 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from core.config import HostConfig
-from core.entrypoints import TASK_GROUP, Installed, describe, identified, installed_entry_points, normalize
-from core.errors import DuplicateTaskError, ExtensionError, HostError, UsageError
-from core.errors_text import exception_text, explain_import_error
+from core.config import APP_SECTION, ENVIRONMENT, HostConfig
+from core.entrypoints import (
+    TASK_GROUP,
+    Installed,
+    describe,
+    fix_and_reinstall,
+    identified,
+    installed_entry_points,
+    normalize,
+    top_level_names,
+)
+from core.errors import ConfigError, DuplicateTaskError, ExtensionError, HostError, UsageError
+from core.errors_text import (
+    did_you_mean,
+    exception_text,
+    explain_import_error,
+    missing_module,
+    near,
+    raised_at,
+)
 
 if TYPE_CHECKING:
     from core.plugin_manager import HostPluginManager
@@ -53,6 +69,12 @@ class Extension:
     call: str = "task_imports()"
     #: The plugin name, when the modules come from a plugin's hook.
     plugin: str | None = None
+    #: The installed distribution, for messages (its files, where it was installed from).
+    dist: metadata.Distribution | None = field(default=None, repr=False, compare=False)
+    #: The file (and line) of the function that named the modules, for messages.
+    source: str | None = None
+    #: Tasks its modules registered before it failed, removed again: no worker runs them.
+    lost: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -64,10 +86,12 @@ class Discovery:
     """The outcome of one discovery run."""
 
     extensions: list[Extension]
+    #: Problems of the configuration discovery found (a misspelled ``host.celery_task.disabled``).
+    problems: list[HostError] = field(default_factory=list)
 
     @property
     def errors(self) -> list[HostError]:
-        return [ext.error for ext in self.extensions if ext.error is not None]
+        return [*self.problems, *(ext.error for ext in self.extensions if ext.error is not None)]
 
     @property
     def modules(self) -> list[str]:
@@ -93,9 +117,11 @@ class Discovery:
         return [row["task"] for row in self.task_rows()]
 
 
-def _installed(group: str) -> list[Installed]:
-    """Each installed entry point of ``group`` with its distribution's name and version, sorted."""
-    return _sorted(installed_entry_points([group])[group])
+def _installed(group: str) -> tuple[list[Installed], list[Installed]]:
+    """Each installed entry point of ``group`` with its distribution's name and version, sorted;
+    and those declared in a near miss of the group's name."""
+    scan = installed_entry_points([group])
+    return _sorted(scan[group]), _sorted(scan.misgrouped.get(group, []))
 
 
 def _sorted(found: Iterable[Installed]) -> list[Installed]:
@@ -104,14 +130,16 @@ def _sorted(found: Iterable[Installed]) -> list[Installed]:
 
 def _task_entry_points(
     entry_points: Iterable[metadata.EntryPoint] | None, pm: HostPluginManager | None
-) -> list[Installed]:
-    """The entry points discovery goes through: given, else those plugin loading found, else installed."""
+) -> tuple[list[Installed], list[Installed]]:
+    """The entry points discovery goes through: given, else those plugin loading found, else
+    installed; and the entry points of a misspelled group (none when they were given)."""
     if entry_points is not None:
-        return identified(entry_points)
+        return identified(entry_points), []
     if pm is not None and pm.installed is not None:
         # The plugin manager's scan covered this group too: one look at the
         # installed distributions serves both (core/entrypoints.py).
-        return _sorted(pm.installed[GROUP])
+        misgrouped = getattr(pm.installed, "misgrouped", {}).get(GROUP, [])
+        return _sorted(pm.installed[GROUP]), _sorted(misgrouped)
     return _installed(GROUP)
 
 
@@ -157,8 +185,9 @@ def discover(
     extensions = []
     owners: dict[str, Extension] = {}
     index = _TaskIndex(app.tasks)
-    for ep, name, version in _task_entry_points(entry_points, pm):
-        ext = Extension(name, version, describe(ep))
+    installed, misgrouped = _task_entry_points(entry_points, pm)
+    for ep, name, version in installed:
+        ext = Extension(name, version, describe(ep), dist=ep.dist)
         extensions.append(ext)
         if normalize(ext.distribution) in disabled:
             ext.disabled = True
@@ -168,6 +197,12 @@ def discover(
         except ExtensionError as e:
             ext.error = e
             _unload(app, ext, index)
+    for ep, name, version in misgrouped:
+        ext = Extension(name, version, describe(ep), dist=ep.dist)
+        extensions.append(ext)
+        ext.disabled = normalize(ext.distribution) in disabled
+        if not ext.disabled:
+            ext.error = _misgrouped(ext, ep.group)
     for plugin in pm.implementing("host_task_imports") if pm is not None else []:
         assert pm is not None
         ext = Extension(
@@ -176,6 +211,7 @@ def discover(
             plugin.entry_point or plugin.name,
             call="host_task_imports()",
             plugin=plugin.name,
+            source=_defined_at(getattr(plugin.obj, "host_task_imports", None)),
         )
         extensions.append(ext)
         try:
@@ -183,7 +219,36 @@ def discover(
         except ExtensionError as e:
             ext.error = e
             _unload(app, ext, index)
-    return Discovery(extensions)
+    return Discovery(extensions, _misspelled_disabled(config, extensions))
+
+
+def _misspelled_disabled(config: HostConfig, extensions: list[Extension]) -> list[HostError]:
+    """A name in ``host.celery_task.disabled`` close to an installed extension's, but not it.
+
+    It disables nothing, silently; a name far from every installed one may be
+    an extension installed elsewhere, and is left alone.
+    """
+    key = "host.celery_task.disabled"
+    installed = {normalize(ext.distribution): ext.distribution for ext in extensions if ext.plugin is None}
+    problems: list[HostError] = []
+    for name in config.host["celery_task.disabled"]:
+        close = near(normalize(name), installed, cutoff=0.8)
+        if normalize(name) in installed or not close:
+            continue
+        source = config.sources.get(key, "file")
+        where = (
+            {"path": ENVIRONMENT, "section": None, "key": source.removeprefix("env ")}
+            if source.startswith("env ")
+            else {"path": str(config.origin(APP_SECTION, key)), "section": APP_SECTION, "key": key}
+        )
+        problems.append(
+            ConfigError(
+                f"{name!r} is no installed extension, so it disables nothing",
+                **where,
+                hint=f"did you mean {installed[close[0]]}?",
+            )
+        )
+    return problems
 
 
 def _load(
@@ -251,19 +316,39 @@ class _TaskIndex:
 def _import_entry_point(ep: metadata.EntryPoint, ext: Extension) -> Any:
     module = ep.module
     try:
-        importlib.import_module(module)
+        loaded = importlib.import_module(module)
     except Exception as e:
         raise _import_failure(e, module, ext, what="its entry point") from e
     try:
-        return ep.load()
+        function = ep.load()
     except AttributeError as e:
         # A typo in setup.py: the module is fine, the name after ":" is not in it.
+        functions = [n for n in dir(loaded) if not n.startswith("_") and callable(getattr(loaded, n))]
+        close = did_you_mean(ep.attr.partition(".")[0], functions)
         raise _error(
             ext,
-            f"module {module} (its entry point) has no {ep.attr}",
+            f"module {module} (its entry point) has no {ep.attr}"
+            + (f" ({loaded.__file__})" if getattr(loaded, "__file__", None) else ""),
             module=module,
-            hint=f"correct the entry point in {ext.distribution}'s setup.py or pyproject.toml",
+            hint=fix_and_reinstall(ext.dist, ext.distribution, "the entry point", close),
         ) from e
+    ext.source = _defined_at(function)
+    return function
+
+
+def _misgrouped(ext: Extension, group: str) -> ExtensionError:
+    return _error(
+        ext,
+        f"its entry point is in the group {group}, which the host does not read: "
+        "none of its tasks are loaded",
+        hint=fix_and_reinstall(ext.dist, ext.distribution, "the group", f"did you mean {GROUP}?"),
+    )
+
+
+def _defined_at(function: Any) -> str | None:
+    """``/path/celery_import.py, line 1``: where a function is defined, if known."""
+    code = getattr(function, "__code__", None)
+    return f"{code.co_filename}, line {code.co_firstlineno}" if code is not None else None
 
 
 def _call_task_imports(task_imports: Any, ext: Extension) -> list[str]:
@@ -291,13 +376,15 @@ def _import_task_module(app: Any, module: str, ext: Extension, owners: dict[str,
         importlib.import_module(module)
     except DuplicateTaskError as e:
         first = _owner_label(app.tasks[e.name].__module__, owners)
+        at = raised_at(e, within=module)
         raise _error(
             ext,
-            f"task name {e.name!r} in module {module} is already registered by {first}",
+            f"task name {e.name!r} in module {module}{f' ({at})' if at else ''} is already registered "
+            f"by {first}: none of {ext.distribution}'s tasks are loaded",
             module=module,
             duplicate_task=e.name,
-            hint="task names must be unique across extensions: rename one, or disable one "
-            "extension with host.celery_task.disabled",
+            hint="task names must be unique across extensions: rename one of the tasks, or disable one "
+            f"of the extensions: host.celery_task.disabled = {ext.distribution}",
         ) from e
     except Exception as e:
         raise _import_failure(e, module, ext, what=f"a module {ext.call} returned") from e
@@ -310,6 +397,23 @@ def _owner_label(module: str, owners: dict[str, Extension]) -> str:
 
 def _import_failure(e: Exception, module: str, ext: Extension, what: str) -> ExtensionError:
     cause, not_installed = explain_import_error(e, module)
+    gone = missing_module(e, module, *top_level_names(ext.dist)) if not_installed else None
+    if gone is not None:
+        # The distribution is there; the path has a typo (or names a file it does not ship).
+        suggestion = gone.suggestion(module)
+        close = f"did you mean {suggestion}?" if suggestion else None
+        if what == "its entry point":
+            hint = fix_and_reinstall(ext.dist, ext.distribution, "the entry point", close)
+        else:
+            where = f" ({ext.source})" if ext.source else ""
+            fix = f"fix the path {ext.call} returns{where}"
+            hint = f"{close} {fix[0].upper()}{fix[1:]}" if close else fix
+        return _error(
+            ext,
+            f"module {module} ({what}) does not exist: {gone.what()}",
+            module=module,
+            hint=hint,
+        )
     if not_installed:
         return _error(
             ext,
@@ -353,6 +457,7 @@ def _unload(app: Any, ext: Extension, index: _TaskIndex | None = None) -> None:
     for module in ext.modules:
         for name in [n for n, t in app.tasks.items() if _defined_in(t, module)]:
             app.tasks.pop(name, None)
+            ext.lost.append(name)
         sys.modules.pop(module, None)
     ext.tasks.clear()
     if index is not None:

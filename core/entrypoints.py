@@ -20,10 +20,15 @@ live here too.
 
 from __future__ import annotations
 
+import difflib
+import json
+import pkgutil
 import re
 from collections.abc import Iterable
 from importlib import metadata
-from typing import NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import unquote, urlparse
 
 #: The group of pluggy plugins, enabled by name in ``host.plugins``.
 PLUGIN_GROUP = "host.plugins"
@@ -59,7 +64,20 @@ def describe(ep: metadata.EntryPoint) -> str:
     return f"{ep.group}:{ep.name} = {ep.value}"
 
 
-def installed_entry_points(groups: Iterable[str]) -> dict[str, list[Installed]]:
+class Scan(dict[str, list[Installed]]):
+    """The installed entry points by group, and those declared under a near miss of a group's name.
+
+    ``misgrouped[group]``: entry points whose group is a likely typo of
+    ``group`` (``host.celery_tasks``, ``host.plugin``). The host never reads
+    them; the messages name them, since nothing else would.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.misgrouped: dict[str, list[Installed]] = {}
+
+
+def installed_entry_points(groups: Iterable[str]) -> Scan:
     """The installed entry points of each of ``groups``, in ``sys.path`` order.
 
     A distribution that more than one folder of ``sys.path`` holds counts
@@ -69,7 +87,102 @@ def installed_entry_points(groups: Iterable[str]) -> dict[str, list[Installed]]:
     # group; select() then only filters what was read.
     everything = metadata.entry_points()
     identities: dict[int, tuple[str, str]] = {}
-    return {group: identified(everything.select(group=group), identities) for group in groups}
+    scan = Scan()
+    groups = list(groups)
+    for group in groups:
+        scan[group] = identified(everything.select(group=group), identities)
+    # A handful of group names: looking for near misses costs microseconds.
+    others = [name for name in everything.groups if name not in groups]
+    for group in groups:
+        for typo in near_groups(group, others):
+            scan.misgrouped.setdefault(group, []).extend(
+                identified(everything.select(group=typo), identities)
+            )
+    return scan
+
+
+def near_groups(group: str, others: Iterable[str]) -> list[str]:
+    """Group names that are likely typos of ``group``: ``host.celery_tasks``, ``host_plugins``."""
+    return difflib.get_close_matches(group, list(others), n=5, cutoff=0.8)
+
+
+def declared_in(dist: metadata.Distribution | None, name: str) -> str:
+    """Where the author declares ``name``'s entry points: the project's own file when the
+    distribution was installed from a folder (``pip install -e .``), else ``NAME's setup.py or
+    pyproject.toml``."""
+    project = _project_folder(dist)
+    if project is not None:
+        found = [project / f for f in ("pyproject.toml", "setup.py", "setup.cfg") if (project / f).is_file()]
+        declaring = [f for f in found if _mentions_host_groups(f)]
+        if declaring or found:
+            return str((declaring or found)[0])
+    return f"{name}'s setup.py or pyproject.toml"
+
+
+def fix_and_reinstall(dist: metadata.Distribution | None, name: str, what: str, close: str | None) -> str:
+    """``did you mean X? Correct WHAT in FILE, then reinstall NAME``, and why reinstall."""
+    fix = f"correct {what} in {declared_in(dist, name)}, then {reinstall(dist, name)}"
+    fix += ": entry points are read at install time"
+    return f"{close} {fix[0].upper()}{fix[1:]}" if close else fix
+
+
+def reinstall(dist: metadata.Distribution | None, name: str) -> str:
+    """``reinstall NAME (pip install -e /its/folder)``: how to reinstall it, as it was installed."""
+    project = _project_folder(dist)
+    if project is None:
+        return f"reinstall {name}"
+    editable = "-e " if _direct_url(dist).get("dir_info", {}).get("editable") else ""
+    return f"reinstall {name} (pip install {editable}{project})"
+
+
+def _direct_url(dist: metadata.Distribution | None) -> dict[str, Any]:
+    """PEP 610's ``direct_url.json``: where a distribution was installed from, when not an index."""
+    text = dist.read_text("direct_url.json") if dist is not None else None
+    try:
+        found = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _project_folder(dist: metadata.Distribution | None) -> Path | None:
+    """The folder a distribution was installed from, if it was a local folder."""
+    url = urlparse(str(_direct_url(dist).get("url", "")))
+    folder = Path(unquote(url.path)) if url.scheme == "file" else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
+def _mentions_host_groups(path: Path) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return "host." in text  # host.celery_task, host.plugins, or a near miss of either
+
+
+def top_level_names(dist: metadata.Distribution | None) -> tuple[list[str], str | None]:
+    """The top-level modules and packages ``dist`` installs, and the folder it is installed in.
+
+    From its ``top_level.txt`` and its list of files; for a distribution that has
+    neither, the modules beside its metadata folder. For messages only.
+    """
+    if dist is None:
+        return [], None
+    names = set((dist.read_text("top_level.txt") or "").split())
+    for file in dist.files or []:
+        first = file.parts[0] if file.parts else ""
+        if len(file.parts) > 1 and not first.endswith((".dist-info", ".egg-info", ".data")):
+            names.add(first)
+        elif file.suffix == ".py":
+            names.add(file.stem)
+    try:
+        folder: Path | None = Path(str(dist.locate_file("")))
+    except NotImplementedError:  # a distribution that is not a folder of files
+        folder = None
+    if not names and folder is not None and folder.is_dir():
+        names.update(info.name for info in pkgutil.iter_modules([str(folder)]))
+    names = {n for n in names if n.isidentifier() and not n.startswith("__")}
+    return sorted(names), str(folder) if folder is not None else None
 
 
 def identified(

@@ -7,9 +7,13 @@ nothing of the project.
 
 from __future__ import annotations
 
+import difflib
 import os
+import pkgutil
 import sys
 import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 
 def exception_text(e: BaseException, within: str | None = None) -> str:
@@ -19,6 +23,10 @@ def exception_text(e: BaseException, within: str | None = None) -> str:
     top-level package, so a plugin's error points at the plugin's own line
     rather than at the library it called.
     """
+    if isinstance(e, SyntaxError) and e.filename:
+        # Raised by the import system: where it was raised is importlib's
+        # frozen code; the author's file and line are the error's own.
+        return f"{type(e).__name__}: {e.msg} at {e.filename}, line {e.lineno}"
     text = str(e)
     return (f"{type(e).__name__}: {text}" if text else type(e).__name__) + _where(e, within)
 
@@ -37,15 +45,95 @@ def explain_import_error(e: Exception, module: str) -> tuple[str, bool]:
     return f"it raised {exception_text(e)}", False
 
 
-def _where(e: BaseException, within: str | None) -> str:
+def near(name: str, known: Iterable[str], n: int = 1, cutoff: float = 0.6) -> list[str]:
+    """The names of ``known`` closest to ``name`` (difflib), ``name`` itself left out."""
+    return difflib.get_close_matches(name, [k for k in known if k != name], n=n, cutoff=cutoff)
+
+
+def did_you_mean(name: str, known: Iterable[str], render: str = "{}") -> str | None:
+    """``did you mean X?`` for the closest of ``known``, or None."""
+    close = near(name, known)
+    return f"did you mean {render.format(close[0])}?" if close else None
+
+
+@dataclass(frozen=True)
+class MissingModule:
+    """A module path that names nothing, where the package it is in, or its distribution, is there.
+
+    Not "not installed": a typo in the path (an entry point, or what
+    ``task_imports()`` returned), told with what is there instead.
+    """
+
+    #: The first part of the path that does not exist (``myext.celery_imports``).
+    missing: str
+    #: Its package, which imported fine (``myext``); None for a top-level name.
+    package: str | None
+    #: The package's folder, or the folder the distribution is installed in.
+    folder: str | None
+    #: The modules of that package (or the distribution's top-level names).
+    siblings: list[str] = field(default_factory=list)
+
+    def suggestion(self, module: str) -> str | None:
+        """``module`` with its missing part replaced by the closest existing name, if any."""
+        close = near(self.missing.rpartition(".")[2], self.siblings)
+        if not close:
+            return None
+        fixed = f"{self.package}.{close[0]}" if self.package else close[0]
+        return fixed + module[len(self.missing) :]
+
+    def what(self) -> str:
+        """``package myext (/site/myext) has no module celery_imports``."""
+        name = self.missing.rpartition(".")[2]
+        if self.package is None:
+            return f"no package or module {name} is installed"
+        if not self.siblings and self.folder is None:
+            return f"{self.package} is a module, not a package: it has no module {name}"
+        return f"package {self.package} ({self.folder}) has no module {name}"
+
+
+def missing_module(
+    e: BaseException, module: str, top_level: Iterable[str] = (), folder: str | None = None
+) -> MissingModule | None:
+    """When importing ``module`` failed because a part of its path does not exist, and that
+    looks like a typo rather than a missing installation: what is there instead. Else None.
+
+    A missing submodule of a package that imported is always a typo (or a file
+    the distribution does not ship). A missing top-level name is a typo only
+    when the distribution has a top-level name close to it (``top_level``, read
+    from its files); otherwise the distribution's code is simply not installed.
+    """
+    missing = getattr(e, "name", None) if isinstance(e, ModuleNotFoundError) else None
+    if not missing or not (module == missing or module.startswith(missing + ".")):
+        return None
+    package, _, name = missing.rpartition(".")
+    if package:
+        parent = sys.modules.get(package)
+        path = getattr(parent, "__path__", None)
+        if path is None:
+            return MissingModule(missing, package, None)
+        siblings = sorted(info.name for info in pkgutil.iter_modules(path))
+        return MissingModule(missing, package, os.pathsep.join(path), siblings)
+    tops = sorted(set(top_level))
+    if not near(name, tops):
+        return None
+    return MissingModule(missing, None, folder, tops)
+
+
+def raised_at(e: BaseException, within: str | None = None) -> str | None:
+    """``/path/module.py, line 3``: where ``e`` was raised (in ``within``'s package, if given)."""
     frames = traceback.extract_tb(e.__traceback__)
     if not frames:
-        return ""
+        return None
     chosen = frames[-1]
     folder = _package_folder(within) if within else None
     if folder:
         chosen = next((f for f in reversed(frames) if f.filename.startswith(folder)), chosen)
-    return f" at {chosen.filename}, line {chosen.lineno}"
+    return f"{chosen.filename}, line {chosen.lineno}"
+
+
+def _where(e: BaseException, within: str | None) -> str:
+    at = raised_at(e, within)
+    return f" at {at}" if at else ""
 
 
 def _package_folder(module: str) -> str | None:

@@ -23,12 +23,12 @@ supervisor or a container.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.config import APP_SECTION
-from core.errors import ExtensionError, HostError
+from core.errors import HostError
 
 if TYPE_CHECKING:
     from core.app import HostCelery
@@ -79,19 +79,40 @@ def plugin_checks(pm: HostPluginManager, reserved: set[str]) -> Iterator[Check]:
 
 
 def extension_checks(found: Discovery) -> Iterator[Check]:
-    """Every task extension loaded, and no task name is registered twice."""
-    broken = [e for e in found.errors if not (isinstance(e, ExtensionError) and e.duplicate_task)]
-    duplicates = [e for e in found.errors if isinstance(e, ExtensionError) and e.duplicate_task]
-    for error in broken:
-        yield from_error(f"extension {getattr(error, 'distribution', '?')}", error)
-    if not broken:
+    """Every task extension loaded, and no task name is registered twice.
+
+    An extension left out because one of its task names was taken is a broken
+    extension too: none of its tasks would run, and no worker starts.
+    """
+    for error in found.errors:
+        distribution = getattr(error, "distribution", None)
+        yield from_error(f"extension {distribution}" if distribution else "extensions", error)
+    if not found.errors:
         yield Check(
             "extensions", True, f"{_count(found.task_names, 'task')} from {_count(found.active, 'source')}"
         )
-    for error in duplicates:
-        yield from_error(f"task {getattr(error, 'duplicate_task', '?')}", error)
-    if not duplicates:
+    contested = contested_tasks(found)
+    for name, (owner, dropped) in contested.items():
+        yield Check(
+            "task names",
+            False,
+            f"{name!r} is defined by {owner} and by {dropped}; {dropped} was left out",
+            f"rename one of the tasks, or disable one of the extensions: host.celery_task.disabled = "
+            f"{dropped.partition('==')[0]}",
+        )
+    if not contested:
         yield Check("task names", True, "no name is registered twice")
+
+
+def contested_tasks(found: Discovery) -> dict[str, tuple[str, str]]:
+    """Task names two extensions define: name -> (the extension whose task runs, the one left out)."""
+    owners = {row["task"]: f"{row['extension']}=={row['version']}" for row in found.task_rows()}
+    contested = {}
+    for ext in found.extensions:
+        name = ext.error.duplicate_task if ext.error is not None else None
+        if name:
+            contested[name] = (owners.get(name, "another extension"), ext.label)
+    return contested
 
 
 def service_checks(app: HostCelery, config: HostConfig, timeout: float) -> Iterator[Check]:
@@ -117,12 +138,15 @@ def beat_checks(
     pm: HostPluginManager,
     tasks: set[str],
     check_election: Callable[[Any], None] | None = None,
+    contested: Mapping[str, tuple[str, str]] | None = None,
 ) -> Iterator[Check]:
     """Every periodic entry names a task that exists (Celery's own tasks count).
 
     The entries' schedules and keys were checked when the app was configured;
     an unknown task is a configuration problem too (exit 2), naming the ini
-    section or the plugin the entry came from.
+    section or the plugin the entry came from. So is an entry whose task two
+    extensions define (``contested``, from :func:`contested_tasks`): it would
+    run the one that was not left out, whichever its author meant.
 
     :param check_election: raises when beat could not elect its sender here
         (:func:`core.beat.check_election`): a warning, since a site may send
@@ -135,7 +159,20 @@ def beat_checks(
     unknown = unknown_task_errors(schedule, tasks, sources, pm)
     for name, error in unknown:
         yield from_error(f"beat entry {name}", error)
-    if schedule and not unknown:
+    ambiguous = [
+        (name, entry["task"], *(contested or {})[entry["task"]])
+        for name, entry in schedule.items()
+        if isinstance(entry, Mapping) and entry.get("task") in (contested or {})
+    ]
+    for name, task, owner, dropped in ambiguous:
+        yield Check(
+            f"beat entry {name}",
+            False,
+            f"its task {task} is defined by {owner} and by {dropped}, which was left out: "
+            f"the entry ({sources[name].label if name in sources else 'its source'}) would run {owner}'s",
+            "rename one of the tasks, and point the entry at the one it means",
+        )
+    if schedule and not unknown and not ambiguous:
         yield Check("beat schedule", True, f"{_count(schedule, 'entry', 'entries')}, every task exists")
     if schedule and check_election is not None:
         try:

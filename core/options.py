@@ -12,6 +12,7 @@ Plugins declare theirs with ``host_config_declarations`` and the
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,12 +40,21 @@ class Option:
     required: bool = False
     #: A regular expression the whole value must match, and what it means.
     pattern: tuple[str, str] | None = None
+    #: For an int or float option, the smallest value allowed; None: no lower limit. 0 unless
+    #: declared, as no count, size or time in seconds means anything below it.
+    minimum: float | None = 0
+    #: For an int or float option, the largest value allowed; None: no upper limit.
+    maximum: float | None = None
 
     def convert(self, raw: str, *, path: str, section: str | None, key: str) -> Any:
         """The ini's text as this option's value, checked."""
-        value = convert_value(self.type, raw, path=path, section=section, key=key)
         where = {"path": path, "section": section, "key": key}
-        if self.required and value in ("", [], {}):
+        value: Any
+        if self.type in _NUMBERS:
+            value = self._number(raw, where)
+        else:
+            value = convert_value(self.type, raw, path=path, section=section, key=key)
+        if self.required and value in ("", [], {}, None):
             raise ConfigError("this option is required and may not be empty", **where)
         if self.choices and value not in self.choices:
             allowed = ", ".join(str(choice) for choice in self.choices)
@@ -52,6 +62,47 @@ class Option:
         if self.pattern and not re.fullmatch(self.pattern[0], value):
             raise ConfigError(f"{value!r} is not valid here: use {self.pattern[1]}", **where)
         return value
+
+    def _number(self, raw: str, where: dict[str, Any]) -> int | float | None:
+        text = raw.strip()
+        if text == "":
+            return None
+        kind, expected, example = _NUMBERS[self.type]
+        try:
+            number = kind(text)
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number):
+            raise ConfigError(f"{text!r} is not {expected}: write {example}", **where)
+        if not self.in_range(number):
+            raise ConfigError(f"{text!r} is out of range: {self.rule()}", **where)
+        return number
+
+    def in_range(self, number: float) -> bool:
+        return (self.minimum is None or number >= self.minimum) and (
+            self.maximum is None or number <= self.maximum
+        )
+
+    def rule(self) -> str:
+        """``it must be 0 or more``, ``it must be between -90 and 90``: what :meth:`in_range` allows."""
+        low, high = (_plain(limit) for limit in (self.minimum, self.maximum))
+        if low is not None and high is not None:
+            return f"it must be between {low} and {high}"
+        return f"it must be {low} or more" if low is not None else f"it must be {high} or less"
+
+
+#: The number types: how each converts, what it is called, an example.
+_NUMBERS: dict[str, tuple[Callable[[str], Any], str, str]] = {
+    "int": (int, "an integer", "a whole number such as 4"),
+    "float": (float, "a number", "a number such as 2.5"),
+}
+
+
+def _plain(limit: float | None) -> str | None:
+    """``0`` rather than ``0.0``; ``-90.5`` as it is."""
+    if limit is None:
+        return None
+    return str(int(limit)) if float(limit).is_integer() else str(limit)
 
 
 class BadDeclaration(Exception):
@@ -69,6 +120,8 @@ def declarer(options: dict[str, Option]) -> Callable[..., None]:
         help: str = "",
         choices: Sequence[Any] = (),
         required: bool = False,
+        minimum: float | None | _Unset = _UNSET,
+        maximum: float | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise BadDeclaration(f"declares the option {name!r}: use lower-case letters, digits, '_' and '.'")
@@ -83,6 +136,42 @@ def declarer(options: dict[str, Option]) -> Callable[..., None]:
                 f"declares the option {name!r} with choices {choices!r}: "
                 "give a list of values, for a string, int, float, bool or any option"
             )
-        options[name] = Option(name, type, default, help, tuple(choices), required)
+        low = _limits(name, type, minimum, maximum)
+        option = Option(name, type, default, help, tuple(choices), required, minimum=low, maximum=maximum)
+        if type in _NUMBERS and isinstance(default, (int, float)) and not option.in_range(default):
+            raise BadDeclaration(
+                f"declares the option {name!r} with the default {default!r}, which is out of range: "
+                + option.rule()
+            )
+        options[name] = option
 
     return declare
+
+
+class _Unset:
+    """No minimum was declared: 0 for a number, as before bounds could be declared."""
+
+
+_UNSET = _Unset()
+
+
+def _limits(name: str, type: str, minimum: float | None | _Unset, maximum: float | None) -> float | None:
+    """The declared minimum, checked with the maximum; 0 when a number option declares none."""
+    if isinstance(minimum, _Unset):
+        return 0 if type in _NUMBERS and (maximum is None or maximum >= 0) else None
+    for what, limit in (("minimum", minimum), ("maximum", maximum)):
+        if limit is None:
+            continue
+        if type not in _NUMBERS:
+            raise BadDeclaration(
+                f"declares the option {name!r} with a {what}: only int and float options have one"
+            )
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit):
+            raise BadDeclaration(
+                f"declares the option {name!r} with the {what} {limit!r}: give a number, or None"
+            )
+    if minimum is not None and maximum is not None and minimum > maximum:
+        raise BadDeclaration(
+            f"declares the option {name!r} with a minimum ({minimum!r}) above its maximum ({maximum!r})"
+        )
+    return minimum

@@ -16,6 +16,7 @@ import copy
 import difflib
 import functools
 import importlib
+import inspect
 import re
 import types
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
@@ -25,17 +26,20 @@ from importlib import metadata
 from typing import Any
 
 import pluggy
+from pluggy._hooks import varnames as pluggy_varnames  # how pluggy reads an implementation's arguments
 
 from core.entrypoints import (
     HOST_GROUPS,
     PLUGIN_GROUP,
     Installed,
     describe,
+    fix_and_reinstall,
     identified,
     installed_entry_points,
+    top_level_names,
 )
 from core.errors import PluginError
-from core.errors_text import exception_text, explain_import_error
+from core.errors_text import did_you_mean, exception_text, explain_import_error, missing_module
 from core.options import BadDeclaration, Option, declarer
 from plugins import hookspecs
 
@@ -71,6 +75,8 @@ class Plugin:
     queues: dict[str, list[str]] = field(default_factory=dict)
     beat: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    #: The installed distribution, for messages (its files, where it was installed from).
+    dist: metadata.Distribution | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -373,9 +379,11 @@ def make_plugin_manager(
     """
     pm = HostPluginManager()
     pm.order = {name: i for i, name in enumerate(names)}
+    misgrouped: list[Installed] = []
     if entry_points is None:
         pm.installed = installed_entry_points(HOST_GROUPS)
         found = _sorted(pm.installed[GROUP])
+        misgrouped = pm.installed.misgrouped.get(GROUP, [])
     else:
         found = identified(entry_points)
     installed: dict[str, list[Installed]] = {}
@@ -387,7 +395,7 @@ def make_plugin_manager(
     for name in wanted:
         plugin = pm.record(name)
         if plugin is None:
-            pm.records.append(_not_installed(name, sorted(installed)))
+            pm.records.append(_not_installed(name, sorted(installed), misgrouped))
         elif len(installed[name]) > 1:
             pm.fail(plugin, _provided_twice(plugin, installed[name]))
     # pluggy calls the last registered plugin first; registering in reverse
@@ -396,7 +404,30 @@ def make_plugin_manager(
         plugin = pm.record(name)
         if plugin is not None and plugin.error is None:
             _load(pm, plugin, installed[name][0].entry_point)
+    _register_in_process(pm)
     return pm
+
+
+#: Plugin objects registered in this process, ``{name: object}``, enabled in every
+#: manager made here: the test kit's ``host_plugin`` fixture (core/testing/), which
+#: empties it after each test. Not installed, so no other process sees them.
+registered: dict[str, Any] = {}
+
+
+def _register_in_process(pm: HostPluginManager) -> None:
+    """Enable each :data:`registered` object after the plugins ``host.plugins`` names.
+
+    One with the name of an installed plugin takes its place.
+    """
+    for name in registered:
+        pm.order.setdefault(name, len(pm.order))
+    for name, obj in registered.items():
+        if pm.has_plugin(name):
+            pm.unregister(name=name)
+        plugin = Plugin(name, entry_point="registered in-process", enabled=True, obj=obj)
+        pm.records = [p for p in pm.records if p.name != name] + [plugin]
+        pm.register(obj, name=name)
+        plugin.hooks = sorted(caller.name for caller in pm.get_hookcallers(obj) or [])
 
 
 def _record(name: str, item: Installed, enabled: bool) -> Plugin:
@@ -406,11 +437,23 @@ def _record(name: str, item: Installed, enabled: bool) -> Plugin:
         version=item.version,
         entry_point=describe(item.entry_point),
         enabled=enabled,
+        dist=item.entry_point.dist,
     )
 
 
-def _not_installed(name: str, installed: list[str]) -> Plugin:
+def _not_installed(name: str, installed: list[str], misgrouped: Sequence[Installed] = ()) -> Plugin:
     plugin = Plugin(name, enabled=True)
+    wrong = next((item for item in misgrouped if item.entry_point.name == name), None)
+    if wrong is not None:
+        # Installed, but declared in a misspelled group: the host never sees it.
+        ep = wrong.entry_point
+        plugin.error = plugin.error_for(
+            f"is named in host.plugins, and {wrong.distribution}=={wrong.version} declares it in the group "
+            f"{ep.group} ({describe(ep)}), which the host does not read",
+            not_installed=True,
+            hint=fix_and_reinstall(ep.dist, wrong.distribution, "the group", f"did you mean {GROUP}?"),
+        )
+        return plugin
     close = difflib.get_close_matches(name, installed, n=1)
     listing = ", ".join(installed) if installed else "none"
     plugin.error = plugin.error_for(
@@ -447,13 +490,7 @@ def _load(pm: HostPluginManager, plugin: Plugin, ep: metadata.EntryPoint) -> Non
     try:
         obj = functools.reduce(getattr, ep.attr.split("."), module) if ep.attr else module
     except AttributeError:
-        pm.fail(
-            plugin,
-            plugin.error_for(
-                f"module {ep.module} has no {ep.attr}",
-                hint=f"correct the entry point in {plugin.distribution}'s setup.py or pyproject.toml",
-            ),
-        )
+        pm.fail(plugin, _missing_attribute(plugin, ep, module))
         return
     unmarked = _unmarked_hooks(pm, obj)
     if unmarked:
@@ -462,6 +499,10 @@ def _load(pm: HostPluginManager, plugin: Plugin, ep: metadata.EntryPoint) -> Non
             plugin,
             plugin.error_for(message, hint="decorate it with @hookimpl (from plugins import hookimpl)"),
         )
+        return
+    unfit = _unknown_arguments(pm, plugin, obj)
+    if unfit is not None:
+        pm.fail(plugin, unfit)
         return
     try:
         pm.register(obj, name=plugin.name)
@@ -475,10 +516,35 @@ def _load(pm: HostPluginManager, plugin: Plugin, ep: metadata.EntryPoint) -> Non
         pm.fail(plugin, _unknown_hook(plugin, unknown[0], pm))
 
 
+def _missing_attribute(plugin: Plugin, ep: metadata.EntryPoint, module: types.ModuleType) -> PluginError:
+    """The entry point's ``:NAME`` is not in its module: a typo in setup.py, with the closest name."""
+    names = [n for n in dir(module) if not n.startswith("_")]
+    where = f" ({module.__file__})" if getattr(module, "__file__", None) else ""
+    return plugin.error_for(
+        f"module {ep.module} has no {ep.attr}{where}",
+        hint=fix_and_reinstall(
+            plugin.dist, plugin.distribution or plugin.name, "the entry point", did_you_mean(ep.attr, names)
+        ),
+    )
+
+
 def _import_failure(plugin: Plugin, ep: metadata.EntryPoint, e: Exception) -> PluginError:
     module = ep.module
     cause, not_installed = explain_import_error(e, module)
-    if not_installed:
+    gone = missing_module(e, module, *top_level_names(plugin.dist)) if not_installed else None
+    if gone is not None:
+        # The distribution is there; the entry point's module path has a typo.
+        suggestion = gone.suggestion(module)
+        error = plugin.error_for(
+            f"module {module} does not exist: {gone.what()}",
+            hint=fix_and_reinstall(
+                plugin.dist,
+                plugin.distribution or plugin.name,
+                "the entry point",
+                f"did you mean {suggestion}?" if suggestion else None,
+            ),
+        )
+    elif not_installed:
         error = plugin.error_for(
             f"module {module} is not installed",
             not_installed=True,
@@ -501,10 +567,55 @@ def _unmarked_hooks(pm: HostPluginManager, obj: Any) -> list[str]:
     return [n for n in names if pm.parse_hookimpl_opts(obj, n) is None]
 
 
+def _unknown_arguments(pm: HostPluginManager, plugin: Plugin, obj: Any) -> PluginError | None:
+    """A hook implementation taking an argument its hook does not pass, told with the hook's own.
+
+    pluggy refuses it too, in words of its own; this names the file and line,
+    the hook's real arguments, and the closest one.
+    """
+    for name in sorted(dir(obj)):
+        if not name.startswith(HOOK_PREFIX) or pm.parse_hookimpl_opts(obj, name) is None:
+            continue
+        caller = getattr(pm.hook, name, None)
+        spec = getattr(caller, "spec", None)
+        if spec is None:
+            continue  # not a hook at all: reported after registration, with its closest name
+        function = getattr(obj, name)
+        required, _ = pluggy_varnames(function)
+        known = (*spec.argnames, *spec.kwargnames)
+        extra = [arg for arg in required if arg not in known]
+        if extra:
+            return _argument_error(plugin, name, function, extra[0], known)
+    return None
+
+
+def _argument_error(plugin: Plugin, hook: str, function: Any, arg: str, known: Sequence[str]) -> PluginError:
+    try:
+        signature = f"{hook}{inspect.signature(function)}"
+    except (TypeError, ValueError):
+        signature = hook
+    code = getattr(function, "__code__", None)
+    where = f" at {code.co_filename}, line {code.co_firstlineno}" if code is not None else ""
+    passes = f"its arguments are: {', '.join(known)}" if known else "it passes no arguments"
+    usage = f"def {hook}({', '.join(known)}):"
+    fix = (
+        f"take only the hook's arguments, by name (any of them): {usage}"
+        if known
+        else f"{hook} takes no arguments: {usage}"
+    )
+    close = did_you_mean(arg, known)
+    return plugin.error_for(
+        f"{signature}{where} takes {arg!r}, which the hook {hook} does not pass: {passes}",
+        hint=f"{close} {fix[0].upper()}{fix[1:]}" if close else fix,
+    )
+
+
 def _unknown_hook(plugin: Plugin, hook: str, pm: HostPluginManager) -> PluginError:
     known = [name for name in dir(hookspecs) if name.startswith(HOOK_PREFIX)]
     close = difflib.get_close_matches(hook, known, n=1)
+    code = getattr(getattr(plugin.obj, hook, None), "__code__", None)
+    where = f" (at {code.co_filename}, line {code.co_firstlineno})" if code is not None else ""
     return plugin.error_for(
-        f"implements {hook}, which is not a host hook",
+        f"implements {hook}{where}, which is not a host hook",
         hint=f"did you mean {close[0]}?" if close else "the hooks are listed in docs/plugins.md",
     )

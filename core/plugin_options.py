@@ -15,6 +15,7 @@ from typing import Any
 
 from core.config import ENVIRONMENT, PLUGIN_ENV_PREFIX, HostConfig, plugin_section_name, suggest
 from core.errors import ConfigError
+from core.errors_text import near
 from core.options import Option
 from core.plugin_manager import HostPluginManager, Plugin
 
@@ -25,6 +26,7 @@ def read_options(pm: HostPluginManager, config: HostConfig) -> None:
     :raises ConfigError: for an unknown key, a wrong type, a value not among
         the choices, or a required option that is missing.
     """
+    _check_sections(pm, config)
     declared = pm.option_declarations()
     _check_environment(pm, declared, config)
     for plugin in pm.active:
@@ -50,6 +52,34 @@ def _check_environment(
                     if options
                     else "the plugin declares no options: unset the variable",
                 )
+
+
+def _check_sections(pm: HostPluginManager, config: HostConfig) -> None:
+    """A section that looks meant for an enabled plugin, but is not its ``[plugin:NAME]``, is an error.
+
+    Its options would silently not be read: ``[plugin:wether]`` or
+    ``[plugins:weather]`` for ``host.plugins = weather``. A section of an
+    installed plugin that is not enabled is left alone (it is not read).
+    """
+    if config.parser is None:
+        return
+    enabled = {plugin_section_name(name): name for name in pm.order}
+    installed = {plugin_section_name(p.name) for p in pm.records}
+    for section in config.parser.sections():
+        if section in enabled or section in installed:
+            continue
+        close = near(section, enabled, cutoff=0.8)
+        if close:
+            keys = list(config.parser[section])
+            path = config.origin(section, keys[0]) if keys else config.path
+            name = enabled[close[0]]
+            raise ConfigError(
+                f"this section configures no plugin, but looks meant for plugin {name!r}, "
+                f"which host.plugins enables: its options are not read from here",
+                path=str(path),
+                section=section,
+                hint=f"did you mean [{close[0]}]?",
+            )
 
 
 def env_var(plugin: str, option: str) -> str:

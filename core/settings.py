@@ -260,17 +260,32 @@ def _apply_queues(
     if not queues:
         return
     default = settings.get("task_default_queue") or DEFAULT_QUEUE
-    declared = dict(settings.get("task_queues") or {}) or {default: {"routing_key": default}}
+    declared = dict(settings.get("task_queues") or {}) or {default: _host_queue(settings, default)}
     for queue in queues:
         name = queue_name(config, queue)
-        # The default exchange (direct) with the queue's own name as its key.
-        declared.setdefault(name, {"routing_key": name})
+        declared.setdefault(name, _host_queue(settings, name))
     settings["task_queues"] = declared
     plugin_routes = {pattern: {"queue": queue_name(config, queue)} for pattern, (queue, _) in routes.items()}
     ini_routes = settings.get("task_routes")
     # Celery tries routers in order: the ini's own routes win.
     settings["task_routes"] = [*_as_routers(ini_routes), plugin_routes]
     changed_by["task_queues"] = changed_by["task_routes"] = "plugins (host_queues)"
+
+
+def _host_queue(settings: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A queue the host declares: on the default exchange, its own name as its routing key,
+    of the type ``celery.task_default_queue_type`` asks for.
+
+    Celery gives that type (``x-queue-type``) only to the default queue it
+    declares itself, when ``task_queues`` is empty; once the plugins' queues
+    fill ``task_queues`` the host must give it to each, or ``quorum`` would
+    silently declare classic queues. Queues the ini declares in
+    ``celery.task_queues`` are left as written, as Celery leaves them.
+    """
+    options: dict[str, Any] = {"routing_key": name}
+    if settings.get("task_default_queue_type") == "quorum":  # the one type Celery's check knows
+        options["queue_arguments"] = {"x-queue-type": "quorum"}
+    return options
 
 
 def _as_routers(routes: Any) -> list[Any]:

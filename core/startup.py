@@ -18,17 +18,17 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from core.config import APP_SECTION, HostConfig, configure_logging, load_config
-from core.errors import ConfigError, ExtensionError, HostError, combine
+from core.errors import ConfigError, ExtensionError, HostError, ResultTimeout, combine
 
 if TYPE_CHECKING:
     from core.app import HostCelery
     from core.beat_entries import Source
     from core.discovery import Discovery
     from core.health import Check
-    from core.plugin_manager import HostPluginManager
+    from core.plugin_manager import HostPluginManager, Plugin
 
 logger = logging.getLogger("host")
 
@@ -102,11 +102,82 @@ class Host:
         return sorted(set(found.task_names) | {n for n in self.app.tasks if not n.startswith("celery.")})
 
     def require_task(self, name: str) -> None:
-        """``name`` is a task the installed extensions provide; else an error with the closest names."""
+        """``name`` is a task a worker on this configuration runs; else an error (exit 2).
+
+        An unknown name gets the closest known ones. A task of a broken extension
+        (one its modules registered before it failed, or a name it shares with
+        another extension) is refused, naming both: the message would wait for a
+        worker that cannot start, or run another extension's task of that name.
+        """
         from core.discovery import check_task_name
 
         broken = [e.distribution for e in self.discovery.errors if isinstance(e, ExtensionError)]
+        for ext in self.discovery.extensions:
+            if ext.error is not None and name == ext.error.duplicate_task:
+                self._contested(name, ext.error)
+            elif ext.error is not None and name in ext.lost:
+                raise HostError(
+                    f"task {name!r} belongs to {ext.label}, which is broken, so no worker runs it: "
+                    f"{ext.error.message}",
+                    hint=ext.error.hint,
+                )
         check_task_name(name, self.known_tasks(), broken=broken)
+
+    def _contested(self, name: str, error: ExtensionError) -> None:
+        """Two extensions define ``name``: refuse while no worker can start, else warn."""
+        owner = next((row for row in self.discovery.task_rows() if row["task"] == name), None)
+        first = f"{owner['extension']}=={owner['version']} (module {owner['module']})" if owner else "another"
+        problem = (
+            f"task {name!r} is defined by two extensions, {first} and {error.distribution}=={error.version} "
+            f"(module {error.module}), and {error.distribution} was left out"
+        )
+        hint = (
+            "rename one of the tasks, or disable one of the extensions: "
+            f"host.celery_task.disabled = {error.distribution}"
+        )
+        if self.config.host["extensions.on_error"] != "warn":
+            raise HostError(f"{problem}: no worker can start on this configuration", hint=hint)
+        (self.warn or logger.warning)(f"{problem}: a worker runs the task of {first}")
+
+    def why_pending(self, name: str, queue: str | None, task_id: str, error: HostError) -> HostError:
+        """Why a task sent with ``--wait`` is still PENDING: no worker consumes its queue, if so.
+
+        Asked only once the wait has failed (:func:`core.control.queue_info`:
+        consumer counts on RabbitMQ and the embedded broker); ``error`` is
+        returned unchanged when the task is not PENDING, the broker cannot
+        count consumers, or some worker does consume the queue.
+        """
+        from core.control import queue_info
+        from core.settings import queue_prefix
+
+        app = self.app
+        try:
+            if app.backend.get_task_meta(task_id, cache=False).get("status") != "PENDING":
+                return error
+            options = {"queue": self.queue_name(queue)} if queue else {}
+            routed = app.amqp.router.route(options, name, (), {})["queue"]
+            full = str(getattr(routed, "name", routed))
+            short = full.removeprefix(queue_prefix(self.config))
+            [info] = queue_info(app, [short])
+        except Exception:  # the question is a courtesy: never hide the real error behind another
+            return error
+        if info.consumers is None or info.consumers > 0:
+            return error
+        waiting = f" ({info.waiting} message(s) waiting in it)" if info.waiting else ""
+        worker = f"host celeryd --config {self.config.path}"
+        if short not in self._consumed_queues():
+            worker += f" -- -Q {short}"
+        return ResultTimeout(
+            f"{error.message}: no worker consumes the queue {short!r}{waiting}",
+            hint=f"start one: {worker}; the task runs once one does (host result {task_id} shows it then)",
+        )
+
+    def _consumed_queues(self) -> list[str]:
+        """The queues ``host celeryd`` consumes without ``-Q``, as plugins name them."""
+        from core.control import known_queues
+        from core.settings import queue_prefix
+
+        return [q.removeprefix(queue_prefix(self.config)) for q in known_queues(self.app)]
 
     def queue_name(self, name: str) -> str:
         """The name on the broker of the queue plugins and ``-Q`` call ``name``."""
@@ -186,7 +257,15 @@ def combine_entries(errors: Sequence[HostError]) -> HostError:
     return ConfigError(f"{len(errors)} periodic entries cannot run:\n{text}", hint="correct each entry")
 
 
-def plugin_commands(config_path: str | None, reserved: set[str]) -> tuple[dict[str, Any], str | None]:
+class PluginCommands(NamedTuple):
+    """The commands the enabled plugins add, the plugin adding each, and the first plugin problem."""
+
+    commands: dict[str, Any]
+    owners: dict[str, Plugin]
+    problem: str | None
+
+
+def plugin_commands(config_path: str | None, reserved: set[str]) -> PluginCommands:
     """The commands the enabled plugins add, and the first plugin problem, if any.
 
     Only ``host.plugins`` is read, not the whole configuration, so that ``host
@@ -195,18 +274,19 @@ def plugin_commands(config_path: str | None, reserved: set[str]) -> tuple[dict[s
     :raises HostError: when there is no configuration file (a broken one is a problem returned).
     """
     from core.config import plugin_names, resolve_config_path
-    from core.plugin_manager import make_plugin_manager
+    from core.plugin_manager import make_plugin_manager, registered
 
     path = resolve_config_path(config_path, os.environ)
     try:
         names = plugin_names(path)
     except HostError as e:  # a broken file: the commands that run say so in full
-        return {}, str(e).splitlines()[0]
-    if not names:
-        return {}, None
+        return PluginCommands({}, {}, str(e).splitlines()[0])
+    if not names and not registered:  # (registered: plugins a test registered in-process)
+        return PluginCommands({}, {}, None)
     pm = make_plugin_manager(names)
     commands = pm.commands(reserved)
-    return commands, str(pm.errors[0]).splitlines()[0] if pm.errors else None
+    owners = {name: plugin for plugin in pm.active for name in plugin.commands}
+    return PluginCommands(commands, owners, str(pm.errors[0]).splitlines()[0] if pm.errors else None)
 
 
 def settings_for(config: HostConfig) -> dict[str, Any]:
@@ -306,23 +386,18 @@ def diagnose(app: HostCelery, config_path: str | None, timeout: float, commands:
     from core import health
     from core.health import Check, from_error
 
+    # One verdict on the file: "ok" only once everything read from it is checked,
+    # its URLs and the plugins' options included, so a problem is never an "ok"
+    # and a "FAIL" for the same file.
     try:
         config = load_config(config_path)
         configure_logging(config)
-    except HostError as e:
-        yield from_error("config", e)
-        return
-    yield Check("config", True, f"{config.path} is valid")
-    try:
         pm = load_plugins(config)
-    except ConfigError as e:
-        yield from_error("plugin options", e)
-        return
-    try:
         configure_app(app, config, pm, strict=False)
     except HostError as e:
         yield from_error("config", e)
         return
+    yield Check("config", True, f"{config.path} is valid")
     from core.discovery import discover
 
     yield from health.plugin_checks(pm, commands)
@@ -330,7 +405,9 @@ def diagnose(app: HostCelery, config_path: str | None, timeout: float, commands:
     yield from health.extension_checks(found)
     from core.beat import check_election
 
-    yield from health.beat_checks(app, config, pm, set(found.task_names) | set(app.tasks), check_election)
+    known = set(found.task_names) | set(app.tasks)
+    contested = health.contested_tasks(found)
+    yield from health.beat_checks(app, config, pm, known, check_election, contested)
     yield from health.notification_checks(config)
     yield from health.service_checks(app, config, timeout)
     yield from health.outage_checks(app)

@@ -1,4 +1,5 @@
-"""Render a supervisor configuration for one deployment: workers per queue group, one beat.
+"""Render a supervisor configuration for one deployment: workers per queue group, one beat,
+and Flower if asked for.
 
 Every setting that matters for Celery is written with the reason for it:
 
@@ -55,6 +56,7 @@ STOP_MARGIN = 30
 STARTSECS = 10
 WORKER_PRIORITY = 200
 BEAT_PRIORITY = 300
+FLOWER_PRIORITY = 300
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class Deployment:
     queue_groups: tuple[tuple[str, ...], ...] = ()
     workers: int = 1
     name: str = "host"
+    #: A program for ``host flower`` too.
+    flower: bool = False
 
     @property
     def host_bin(self) -> Path:
@@ -84,6 +88,7 @@ def deployment(
     queues: Sequence[str] = (),
     workers: int = 1,
     current_user: str | None = None,
+    flower: bool = False,
 ) -> Deployment:
     """Check the request and fill in the defaults.
 
@@ -109,7 +114,7 @@ def deployment(
             f"{venv_path / 'bin' / 'host'} does not exist",
             hint="pass --venv with the virtualenv host-framework is installed in",
         )
-    return Deployment(config, chosen, venv_path, Path(log_dir), groups, workers)
+    return Deployment(config, chosen, venv_path, Path(log_dir), groups, workers, flower=flower)
 
 
 def stopwaitsecs(config: HostConfig) -> tuple[int, str]:
@@ -138,15 +143,17 @@ def hard_time_limits(celery: Mapping[str, Any]) -> list[tuple[float, str]]:
 
 
 def render(d: Deployment) -> str:
-    """The supervisor file: a group, a worker program per queue group, one beat program."""
+    """The supervisor file: a group, a worker program per queue group, one beat program, Flower."""
     wait, why = stopwaitsecs(d.config)
     workers = _worker_programs(d)
     beat = f"{d.name}-celerybeat"
+    flower = [f"{d.name}-flower"] if d.flower else []
     parts = [
         _header(d),
-        f"[group:{d.name}]\nprograms = {','.join([*workers, beat])}\n",
+        f"[group:{d.name}]\nprograms = {','.join([*workers, beat, *flower])}\n",
         *(_worker(d, name, queues, wait, why) for name, queues in workers.items()),
         _beat(d, beat),
+        *(_flower(d, name) for name in flower),
     ]
     return "\n".join(parts)
 
@@ -231,5 +238,23 @@ def _beat(d: Deployment, program: str) -> str:
         "killasgroup = true",
         f"priority = {BEAT_PRIORITY}",
         "; after the workers: the first periodic tasks find a worker running",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _flower(d: Deployment, program: str) -> str:
+    lines = [
+        f"[program:{program}]",
+        f"command = {shlex.join([str(d.host_bin), 'flower', '--config', str(d.config.path)])}",
+        "; listens on flower.address:flower.port (127.0.0.1:5555); another address needs",
+        '; flower.basic_auth, best given here: environment = HOST_FLOWER_BASIC_AUTH="user:password"',
+        "numprocs = 1",
+        *_common(d, f"{program}.log"),
+        "stopwaitsecs = 30",
+        "; Flower runs no task; it exits 0 on SIGTERM",
+        "stopasgroup = true",
+        "killasgroup = true",
+        f"priority = {FLOWER_PRIORITY}",
+        "; after the workers, whose events it turns on",
     ]
     return "\n".join(lines) + "\n"

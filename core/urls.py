@@ -141,7 +141,9 @@ def _url_error(
     config: _Where, key: str, url: str, problem: str, scheme: str | None, known: Mapping[str, Any]
 ) -> ConfigError:
     close = difflib.get_close_matches(scheme, list(known), n=1) if scheme else []
-    hint = f"did you mean {close[0]}://?" if close else None
+    # Only the transport's name is replaced: embeded+sqlite:// -> embedded+sqlite://.
+    rest = url.partition("://")[0][len(scheme or "") :] if "://" in url else ""
+    hint = f"did you mean {close[0]}{rest}://?" if close else None
     if known and not close:
         hint = "known schemes: " + ", ".join(sorted(known))
     return ConfigError(f"{mask_url(url)}: {problem}", **config(key), hint=hint)

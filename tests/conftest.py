@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from core.testing.sites import Site, install_site
+
+__all__ = ["Site", "install_site"]
 
 if TYPE_CHECKING:
     from core.celery_app import HostCelery
@@ -53,71 +56,21 @@ def _services(request: pytest.FixtureRequest) -> None:
         _require("Redis", 6379)
 
 
-# -- real distributions ----------------------------------------------------
-
-
-class Site:
-    """A folder on ``sys.path`` holding distributions written as real files.
-
-    Each distribution gets ``NAME-VERSION.dist-info/{METADATA,entry_points.txt}``
-    and its package's modules, exactly as pip would leave them.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def add(
-        self,
-        name: str,
-        version: str = "1.0",
-        entry_points: dict[str, dict[str, str]] | None = None,
-        files: dict[str, str] | None = None,
-    ) -> Path:
-        dist_info = self.path / f"{name.replace('-', '_')}-{version}.dist-info"
-        dist_info.mkdir(parents=True)
-        (dist_info / "METADATA").write_text(
-            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", encoding="utf-8"
-        )
-        lines = []
-        for group, eps in (entry_points or {}).items():
-            lines.append(f"[{group}]")
-            lines += [f"{ep_name} = {value}" for ep_name, value in eps.items()]
-            lines.append("")
-        (dist_info / "entry_points.txt").write_text("\n".join(lines), encoding="utf-8")
-        for relative, source in (files or {}).items():
-            target = self.path / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(textwrap.dedent(source), encoding="utf-8")
-        return dist_info
-
-    def entry_points(self, group: str = "host.celery_task") -> list:
-        """Only this site's entry points of ``group`` (not the installed example_ext)."""
-        import importlib_metadata
-
-        found = importlib_metadata.distributions(path=[str(self.path)])
-        return [ep for dist in found for ep in dist.entry_points if ep.group == group]
-
-
-def install_site(directory: Path, name: str, entry_points: dict[str, dict[str, str]]) -> Path:
-    """The distribution ``name`` with these entry points, alone in ``directory/site``; that folder."""
-    site = Site(directory / "site")
-    site.path.mkdir()
-    site.add(name, "1.0", entry_points=entry_points)
-    return site.path
+# -- real distributions: the test kit's (core/testing/sites.py) ----------------------------
 
 
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
-    """A fresh site folder on ``sys.path``; the modules it provided are forgotten afterwards."""
+    """A fresh site folder on ``sys.path``; the modules it provided are forgotten afterwards.
+
+    The kit's ``installed_extension`` fixture is the same for one distribution at a time.
+    """
     path = tmp_path / "site"
     path.mkdir()
     monkeypatch.syspath_prepend(str(path))
-    before = set(sys.modules)
-    yield Site(path)
-    for name in set(sys.modules) - before:
-        module = sys.modules.get(name)
-        if module is not None and str(getattr(module, "__file__", "") or "").startswith(str(path)):
-            del sys.modules[name]
+    site = Site(path)
+    yield site
+    site.forget_modules()
 
 
 def write_ini(path: Path, body: str) -> Path:

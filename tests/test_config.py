@@ -345,7 +345,7 @@ def test_unknown_host_key_with_nothing_close(tmp_path: Path) -> None:
 def test_key_in_neither_namespace(tmp_path: Path) -> None:
     assert error_text(tmp_path, "broker_url = amqp://\n") == (
         where(tmp_path, "broker_url")
-        + "unknown key: settings in this section start with 'celery.', 'host.' or 'smtp.'\n"
+        + "unknown key: settings in this section start with 'celery.', 'host.', 'smtp.' or 'flower.'\n"
         + "  -> write celery.broker_url for a Celery setting, or remove it"
     )
 
@@ -839,11 +839,13 @@ def test_sources_record_where_each_value_came_from(tmp_path: Path) -> None:
         "host.broker_check.timeout": "default",
         "host.broker_check.cache_seconds": "default",
         **{f"smtp.{k}": "default" for k in ("server", "port", "starttls", "user", "password", "mail_from")},
+        **{f"flower.{k}": "default" for k in ("address", "port", "url_prefix", "basic_auth")},
     }
     assert set(config.sources) == (
         {f"celery.{k}" for k in config.celery}
         | {f"host.{k}" for k in config.host}
         | {f"smtp.{k}" for k in config.smtp}
+        | {f"flower.{k}" for k in config.flower}
     )
 
 
@@ -971,10 +973,10 @@ def test_an_ini_syntax_error_does_not_quote_a_password(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "problem"),
     [
-        ("celery.worker_concurrency = -2", "'-2' is not an integer: must be 0 or more"),
-        ("celery.task_time_limit = -1.5", "'-1.5' is not a number: must be 0 or more"),
-        ("celery.task_time_limit = nan", "'nan' is not a number: must be 0 or more"),
-        ("celery.task_soft_time_limit = inf", "'inf' is not a number: must be 0 or more"),
+        ("celery.worker_concurrency = -2", "'-2' is out of range: it must be 0 or more"),
+        ("celery.task_time_limit = -1.5", "'-1.5' is out of range: it must be 0 or more"),
+        ("celery.task_time_limit = nan", "'nan' is not a number: write a number such as 2.5"),
+        ("celery.task_soft_time_limit = inf", "'inf' is not a number: write a number such as 2.5"),
     ],
 )
 def test_negative_and_non_finite_numbers_are_refused(tmp_path: Path, line: str, problem: str) -> None:

@@ -288,7 +288,7 @@ def test_a_key_in_neither_namespace_in_the_base_names_the_base(tmp_path: Path) -
     base, child = inherit(tmp_path, "debug = true\n")
     assert error_text(child) == (
         f"{base}, section [app:main], key 'debug': unknown key: settings in this section start with "
-        "'celery.', 'host.' or 'smtp.'\n  -> write celery.debug for a Celery setting, or remove it"
+        "'celery.', 'host.', 'smtp.' or 'flower.'\n  -> write celery.debug for a Celery setting, or remove it"
     )
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RABBITMQ_URL, REDIS_URL, _require
+from conftest import RABBITMQ_URL, _require
 from core.celery_app import HostCelery
 from core.cli import render
 from core.config import load_config
@@ -31,7 +31,17 @@ from core.control import INSPECTIONS, signal_name
 from core.errors import UsageError
 from core.startup import configure_app, load_plugins
 from services import spare_port
-from worker import HOST, Worker, development_ini, host, host_env, running_worker, wait_until, write_ini
+from worker import (
+    HOST,
+    Worker,
+    development_ini,
+    host,
+    host_env,
+    on_rabbitmq,
+    running_worker,
+    wait_until,
+    write_ini,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -85,14 +95,7 @@ class Broker:
 
 def settings(kind: str, site: str) -> dict[str, str]:
     """development.ini's keys for ``kind``: as it is, or on RabbitMQ and Redis under the site ``site``."""
-    if kind == "embedded":
-        return {}
-    return {
-        "celery.broker_url": RABBITMQ_URL,
-        "celery.result_backend": REDIS_URL,
-        "celery.broker_transport_options": '{"confirm_publish": true}',
-        "host.site_id": site,
-    }
+    return {} if kind == "embedded" else on_rabbitmq(site)
 
 
 def delete_site(site: str, queues: list[str]) -> None:
@@ -356,3 +359,20 @@ def test_a_table_aligns_its_columns_and_numbers_to_the_right() -> None:
         "1h01m",
         "1d01h",
     ]
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("command", [("status",), ("queues",), ("send", "example.add", "1", "2")])
+def test_a_refused_login_is_a_configuration_error_with_the_password_masked(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    wrong = RABBITMQ_URL.replace("guest:guest@", "guest:n0t-the-pa55word@")
+    ini = write_ini(tmp_path, development_ini({"celery.broker_url": wrong}))
+    done = host(*command, "--config", str(ini), env=host_env(), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"Error: {ini}, key 'celery.broker_url': the broker at amqp://guest:**@"), (
+        done.stderr
+    )
+    assert "refused the login (AccessRefused" in done.stderr and "Traceback" not in done.stderr
+    assert "n0t-the-pa55word" not in done.stdout + done.stderr
+    assert "-> check the user and password in celery.broker_url" in done.stderr

@@ -29,9 +29,10 @@ def task_imports():
 """
 HINT_GARBAGE = "task_imports() must return module paths such as ['example_ext.tasks']"
 HINT_DUPLICATE = (
-    "task names must be unique across extensions: rename one, or disable one "
-    "extension with host.celery_task.disabled"
+    "task names must be unique across extensions: rename one of the tasks, or disable one "
+    "of the extensions: host.celery_task.disabled = {name}"
 )
+REINSTALL = "then reinstall {name}: entry points are read at install time"
 
 
 # -- fixtures and helpers ----------------------------------------------------
@@ -177,17 +178,83 @@ def test_entry_point_module_not_installed(app: HostCelery, site: Site, tmp_path:
     assert isinstance(error.__cause__, ModuleNotFoundError)
 
 
-def test_task_module_not_installed(app: HostCelery, site: Site, tmp_path: Path) -> None:
-    add_ext(site, "hollow-ext")  # task_imports() names hollow_ext.tasks, which has no file
+def test_task_module_missing_from_its_package(app: HostCelery, site: Site, tmp_path: Path) -> None:
+    pkg = add_ext(site, "hollow-ext")  # task_imports() names hollow_ext.tasks, which has no file
+
+    error = only_error(run(app, tmp_path, site))
+
+    # The package is installed: the path names a module it does not have, not a missing install.
+    assert str(error) == (
+        prefix("hollow-ext", "hollow_ext")
+        + "module hollow_ext.tasks (a module task_imports() returned) does not exist: "
+        f"package hollow_ext ({site.path / pkg}) has no module tasks\n"
+        f"  -> fix the path task_imports() returns ({source(site, pkg, 'celery_import')}, line 1)"
+    )
+    assert (error.not_installed, error.module) == (False, "hollow_ext.tasks")
+
+
+def test_task_module_path_typo_gets_the_near_module(app: HostCelery, site: Site, tmp_path: Path) -> None:
+    pkg = add_ext(
+        site,
+        "weather-ext",
+        celery_import="\n\ndef task_imports():\n    return ['weather_ext.task']\n",
+        tasks="",
+    )
 
     error = only_error(run(app, tmp_path, site))
 
     assert str(error) == (
-        prefix("hollow-ext", "hollow_ext")
-        + "module hollow_ext.tasks (a module task_imports() returned) is not installed\n"
-        "  -> reinstall hollow-ext (pip install hollow-ext), or uninstall it"
+        prefix("weather-ext", "weather_ext")
+        + "module weather_ext.task (a module task_imports() returned) does not exist: "
+        f"package weather_ext ({site.path / pkg}) has no module task\n"
+        "  -> did you mean weather_ext.tasks? "
+        f"Fix the path task_imports() returns ({source(site, pkg, 'celery_import')}, line 3)"
     )
-    assert (error.not_installed, error.module) == (True, "hollow_ext.tasks")
+
+
+def test_entry_point_module_typo_is_not_a_missing_install(
+    app: HostCelery, site: Site, tmp_path: Path
+) -> None:
+    # The issue's case: celery_imports for celery_import, in an installed distribution.
+    site.add(
+        "hostext-weather",
+        "0.1",
+        {"host.celery_task": {"tasks": "hostext_weather.celery_imports:task_imports"}},
+        {"hostext_weather/__init__.py": "", "hostext_weather/celery_import.py": DEFAULT_IMPORTS},
+    )
+
+    error = only_error(run(app, tmp_path, site))
+
+    assert str(error) == (
+        "extension hostext-weather==0.1 (entry point host.celery_task:tasks = "
+        "hostext_weather.celery_imports:task_imports): module hostext_weather.celery_imports "
+        f"(its entry point) does not exist: package hostext_weather ({site.path / 'hostext_weather'}) "
+        "has no module celery_imports\n"
+        "  -> did you mean hostext_weather.celery_import? Correct the entry point in hostext-weather's "
+        "setup.py or pyproject.toml, " + REINSTALL.format(name="hostext-weather")
+    )
+    assert (error.not_installed, error.module) == (False, "hostext_weather.celery_imports")
+    assert "not installed" not in str(error)
+
+
+def test_entry_point_package_typo_gets_the_distributions_package(
+    app: HostCelery, site: Site, tmp_path: Path
+) -> None:
+    site.add(
+        "hostext-weather",
+        "0.1",
+        {"host.celery_task": {"tasks": "hostext_wether.celery_import:task_imports"}},
+        {"hostext_weather/__init__.py": "", "hostext_weather/celery_import.py": DEFAULT_IMPORTS},
+    )
+
+    error = only_error(run(app, tmp_path, site))
+
+    assert str(error).endswith(
+        "module hostext_wether.celery_import (its entry point) does not exist: "
+        "no package or module hostext_wether is installed\n"
+        "  -> did you mean hostext_weather.celery_import? Correct the entry point in hostext-weather's "
+        "setup.py or pyproject.toml, " + REINSTALL.format(name="hostext-weather")
+    )
 
 
 def test_entry_point_imports_missing_dependency(app: HostCelery, site: Site, tmp_path: Path) -> None:
@@ -324,16 +391,37 @@ def test_entry_point_is_not_callable(app: HostCelery, site: Site, tmp_path: Path
 
 
 def test_entry_point_names_a_missing_function(app: HostCelery, site: Site, tmp_path: Path) -> None:
-    add_ext(site, "typo-ext", celery_import="def task_import():\n    return []\n")
+    pkg = add_ext(site, "typo-ext", celery_import="def task_import():\n    return []\n")
 
     error = only_error(run(app, tmp_path, site))
 
     assert str(error) == (
         prefix("typo-ext", "typo_ext")
-        + "module typo_ext.celery_import (its entry point) has no task_imports\n"
-        "  -> correct the entry point in typo-ext's setup.py or pyproject.toml"
+        + "module typo_ext.celery_import (its entry point) has no task_imports "
+        f"({source(site, pkg, 'celery_import')})\n"
+        "  -> did you mean task_import? Correct the entry point in typo-ext's setup.py or pyproject.toml, "
+        + REINSTALL.format(name="typo-ext")
     )
     assert (error.not_installed, error.module) == (False, "typo_ext.celery_import")
+
+
+def test_entry_point_function_typo_says_did_you_mean_task_imports(
+    app: HostCelery, site: Site, tmp_path: Path
+) -> None:
+    site.add(
+        "typo-ext",
+        "1.0",
+        {"host.celery_task": {"tasks": "typo_ext.celery_import:task_import"}},
+        {"typo_ext/__init__.py": "", "typo_ext/celery_import.py": DEFAULT_IMPORTS.format(pkg="typo_ext")},
+    )
+
+    error = only_error(run(app, tmp_path, site))
+
+    assert str(error).endswith(
+        f"has no task_import ({source(site, 'typo_ext', 'celery_import')})\n"
+        "  -> did you mean task_imports? Correct the entry point in typo-ext's setup.py or pyproject.toml, "
+        + REINSTALL.format(name="typo-ext")
+    )
 
 
 # -- duplicate task names -----------------------------------------------------
@@ -368,15 +456,19 @@ def test_duplicate_task_name_names_both_extensions(app: HostCelery, site: Site, 
     found = run(app, tmp_path, site)
 
     error = only_error(found)
+    path = source(site, "beta_ext")
     assert str(error) == (
         prefix("beta-ext", "beta_ext")
-        + "task name 'shared.name' in module beta_ext.tasks is already registered by "
-        "alpha-ext==1.0 (module alpha_ext.tasks)\n  -> " + HINT_DUPLICATE
+        + f"task name 'shared.name' in module beta_ext.tasks ({path}, line {line_of(path, 'shared.name')}) "
+        "is already registered by alpha-ext==1.0 (module alpha_ext.tasks): none of beta-ext's tasks are "
+        "loaded\n  -> " + HINT_DUPLICATE.format(name="beta-ext")
     )
     assert (error.distribution, error.module) == ("beta-ext", "beta_ext.tasks")
-    # The first one keeps the name; nothing of beta-ext stays registered.
+    # The first one keeps the name; nothing of beta-ext stays registered, and what it had
+    # registered before the clash is recorded as lost (host send refuses it).
     assert app.tasks["shared.name"].apply().get() == "alpha"
     assert "beta.own" not in app.tasks
+    assert found.extensions[1].lost == ["beta.own"]
     assert found.task_rows() == [
         {"task": "shared.name", "extension": "alpha-ext", "version": "1.0", "module": "alpha_ext.tasks"}
     ]
@@ -402,10 +494,12 @@ def test_duplicate_task_name_by_register_task(app: HostCelery, site: Site, tmp_p
 
     found = run(app, tmp_path, site)
 
+    path = source(site, "beta_ext")
     assert str(only_error(found)) == (
         prefix("beta-ext", "beta_ext")
-        + "task name 'shared.name' in module beta_ext.tasks is already registered by "
-        "alpha-ext==1.0 (module alpha_ext.tasks)\n  -> " + HINT_DUPLICATE
+        + f"task name 'shared.name' in module beta_ext.tasks ({path}, line {line_of(path, 'register_task')}) "
+        "is already registered by alpha-ext==1.0 (module alpha_ext.tasks): none of beta-ext's tasks are "
+        "loaded\n  -> " + HINT_DUPLICATE.format(name="beta-ext")
     )
     assert app.tasks["shared.name"].apply().get() == "alpha"
 
@@ -430,10 +524,12 @@ def test_duplicate_task_name_after_register_task(app: HostCelery, site: Site, tm
 
     found = run(app, tmp_path, site)
 
+    path = source(site, "beta_ext")
     assert str(only_error(found)) == (
         prefix("beta-ext", "beta_ext")
-        + "task name 'shared.name' in module beta_ext.tasks is already registered by "
-        "alpha-ext==1.0 (module alpha_ext.tasks)\n  -> " + HINT_DUPLICATE
+        + f"task name 'shared.name' in module beta_ext.tasks ({path}, line {line_of(path, 'shared.name')}) "
+        "is already registered by alpha-ext==1.0 (module alpha_ext.tasks): none of beta-ext's tasks are "
+        "loaded\n  -> " + HINT_DUPLICATE.format(name="beta-ext")
     )
 
 
@@ -459,10 +555,13 @@ def test_duplicate_task_name_within_the_first_module(app: HostCelery, site: Site
 
     found = run(app, tmp_path, site)
 
+    path = source(site, "alpha_ext")
+    second = [i for i, line in enumerate(path.read_text().splitlines(), 1) if "alpha.same" in line][1]
     assert str(only_error(found)) == (
         prefix("alpha-ext", "alpha_ext")
-        + "task name 'alpha.same' in module alpha_ext.tasks is already registered by "
-        "alpha-ext==1.0 (module alpha_ext.tasks)\n  -> " + HINT_DUPLICATE
+        + f"task name 'alpha.same' in module alpha_ext.tasks ({path}, line {second}) is already registered "
+        "by alpha-ext==1.0 (module alpha_ext.tasks): none of alpha-ext's tasks are loaded\n  -> "
+        + HINT_DUPLICATE.format(name="alpha-ext")
     )
     assert "alpha.same" not in app.tasks
 
@@ -493,6 +592,20 @@ def test_disabled_extension_is_not_imported(
     assert "off_ext" not in sys.modules
     assert [ext.distribution for ext in found.active] == ["other-ext"]
     assert found.task_names == ["shared.name"]
+
+
+def test_a_misspelled_disabled_name_disables_nothing_and_says_so(
+    app: HostCelery, site: Site, tmp_path: Path
+) -> None:
+    add_ext(site, "weather-ext", tasks=FIRST)
+
+    found = run(app, tmp_path, site, "host.celery_task.disabled = wether-ext elsewhere-ext")
+
+    assert [str(e) for e in found.errors] == [
+        f"{tmp_path / 'test.ini'}, section [app:main], key 'host.celery_task.disabled': 'wether-ext' is no "
+        "installed extension, so it disables nothing\n  -> did you mean weather-ext?"
+    ]
+    assert found.task_names == ["shared.name"]  # (elsewhere-ext: far from every name here, left alone)
 
 
 # -- a broken extension next to healthy ones ------------------------------------
@@ -593,10 +706,13 @@ def test_installed_example_ext(app: HostCelery, tmp_path: Path, fresh_example_ex
         {"task": name, "extension": "example-ext", "version": version, "module": "example_ext.tasks"}
         for name in (
             "example.add",
+            "example.divide",
             "example.echo",
             "example.flaky",
+            "example.ingest",
             "example.process_info",
             "example.reindex",
+            "example.sleep",
             "example.word_count",
         )
     ]

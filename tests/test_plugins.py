@@ -294,14 +294,47 @@ def test_plugin_importing_a_missing_dependency(site: Site) -> None:
 
 
 def test_entry_point_attribute_missing(site: Site) -> None:
-    add_plugin(site, "typo", HELLO, value="typo_plugin:plugin")
+    path = add_plugin(site, "typo", HELLO, value="typo_plugin:plugin")
 
     error = only_error(manager(site, "typo"))
 
     assert str(error) == (
-        f"{prefix('typo', value='typo_plugin:plugin')}: module typo_plugin has no plugin\n"
-        "  -> correct the entry point in typo-plugin's setup.py or pyproject.toml"
+        f"{prefix('typo', value='typo_plugin:plugin')}: module typo_plugin has no plugin ({path})\n"
+        "  -> correct the entry point in typo-plugin's setup.py or pyproject.toml, "
+        "then reinstall typo-plugin: entry points are read at install time"
     )
+
+
+def test_entry_point_attribute_typo_gets_the_near_name(site: Site) -> None:
+    path = add_plugin(site, "typo", HELLO + "\n\nclass Weather:\n    pass\n", value="typo_plugin:Wether")
+
+    error = only_error(manager(site, "typo"))
+
+    assert str(error) == (
+        f"{prefix('typo', value='typo_plugin:Wether')}: module typo_plugin has no Wether ({path})\n"
+        "  -> did you mean Weather? Correct the entry point in typo-plugin's setup.py or pyproject.toml, "
+        "then reinstall typo-plugin: entry points are read at install time"
+    )
+
+
+def test_entry_point_module_typo_is_not_a_missing_install(site: Site) -> None:
+    site.add(
+        "hostext-weather",
+        "0.1",
+        {GROUP: {"weather": "hostext_weather.plugn"}},
+        {"hostext_weather/__init__.py": "", "hostext_weather/plugin.py": HELLO},
+    )
+
+    error = only_error(manager(site, "weather"))
+
+    assert str(error) == (
+        "plugin 'weather' (hostext-weather==0.1, entry point host.plugins:weather = hostext_weather.plugn): "
+        "module hostext_weather.plugn does not exist: "
+        f"package hostext_weather ({site.path / 'hostext_weather'}) has no module plugn\n"
+        "  -> did you mean hostext_weather.plugin? Correct the entry point in hostext-weather's setup.py or "
+        "pyproject.toml, then reinstall hostext-weather: entry points are read at install time"
+    )
+    assert error.not_installed is False
 
 
 def test_unmarked_hook_function(site: Site) -> None:
@@ -326,25 +359,41 @@ def test_unmarked_hook_function(site: Site) -> None:
     ],
 )
 def test_unknown_hook_name(site: Site, hook: str, hint: str) -> None:
-    add_plugin(site, "odd", one_hook(f"{hook}()", "return {}"))
+    path = add_plugin(site, "odd", one_hook(f"{hook}()", "return {}"))
 
     pm = manager(site, "odd")
 
-    assert str(only_error(pm)) == f"{prefix('odd')}: implements {hook}, which is not a host hook\n  -> {hint}"
+    assert str(only_error(pm)) == (
+        f"{prefix('odd')}: implements {hook} (at {path}, line 4), which is not a host hook\n  -> {hint}"
+    )
     assert pm.active == []
     assert not pm.is_registered(sys.modules["odd_plugin"])
 
 
 def test_hookimpl_argument_the_spec_does_not_have(site: Site) -> None:
-    add_plugin(site, "extra", one_hook("host_queues(app)", "return {}"))
+    path = add_plugin(site, "extra", one_hook("host_queues(app)", "return {}"))
 
     pm = manager(site, "extra")
 
+    # Not pluggy's own words: the file and line, and what the hook passes.
     assert str(only_error(pm)) == (
-        f"{prefix('extra')}: does not fit the hook specs: Plugin 'extra' for hook 'host_queues'\n"
-        "hookimpl definition: host_queues(app)\n"
-        "Argument(s) {'app'} are declared in the hookimpl but can not be found in the hookspec\n  -> "
-        + FIX.format(name="extra")
+        f"{prefix('extra')}: host_queues(app) at {path}, line 4 takes 'app', which the hook host_queues "
+        "does not pass: it passes no arguments\n"
+        "  -> host_queues takes no arguments: def host_queues():"
+    )
+    assert pm.active == []
+
+
+def test_hookimpl_argument_misspelled_lists_the_hooks_arguments(site: Site) -> None:
+    path = add_plugin(site, "cfg", one_hook("host_celery_config(confg, host_config)", "pass"))
+
+    pm = manager(site, "cfg")
+
+    assert str(only_error(pm)) == (
+        f"{prefix('cfg')}: host_celery_config(confg, host_config) at {path}, line 4 takes 'confg', which "
+        "the hook host_celery_config does not pass: its arguments are: config, host_config\n"
+        "  -> did you mean config? Take only the hook's arguments, by name (any of them): "
+        "def host_celery_config(config, host_config):"
     )
     assert pm.active == []
 
@@ -536,6 +585,95 @@ def test_option_of_the_wrong_type(site: Site, tmp_path: Path, key: str, raw: str
     )
 
 
+@pytest.mark.parametrize(
+    ("key", "raw", "problem"),
+    [
+        ("count", "-1", "'-1' is out of range: it must be 0 or more"),
+        ("ratio", "-0.5", "'-0.5' is out of range: it must be 0 or more"),
+        ("ratio", "nan", "'nan' is not a number: write a number such as 2.5"),
+    ],
+)
+def test_a_number_option_says_its_rule(site: Site, tmp_path: Path, key: str, raw: str, problem: str) -> None:
+    # Not "'-1' is not an integer": it is one, below what the option allows.
+    with pytest.raises(ConfigError) as caught:
+        options(site, tmp_path, f"{key} = {raw}")
+
+    assert str(caught.value) == f"{ini_path(tmp_path)}, section [plugin:opts], key {key!r}: {problem}"
+
+
+BOUNDED = """
+from plugins import hookimpl
+
+
+@hookimpl
+def host_config_declarations(declare):
+    declare("latitude", type="float", minimum=-90, maximum=90, default=0.0)
+    declare("offset", type="int", minimum=None, default=-3)
+    declare("percent", type="int", maximum=100, default=50)
+"""
+
+
+@pytest.mark.parametrize(
+    ("line", "value"),
+    [("latitude = -33.9", -33.9), ("latitude = 90", 90.0), ("offset = -12", -12), ("percent = 0", 0)],
+)
+def test_a_number_option_may_declare_its_bounds(site: Site, tmp_path: Path, line: str, value: float) -> None:
+    add_plugin(site, "geo", BOUNDED)
+
+    pm = loaded(site, config(tmp_path, "host.plugins = geo", "[plugin:geo]", line))
+
+    assert pm.options["geo"][line.split(" = ")[0]] == value
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("latitude = -90.5", "'-90.5' is out of range: it must be between -90 and 90"),
+        ("percent = 101", "'101' is out of range: it must be between 0 and 100"),
+        ("percent = -1", "'-1' is out of range: it must be between 0 and 100"),
+    ],
+)
+def test_a_number_outside_its_declared_bounds(site: Site, tmp_path: Path, line: str, problem: str) -> None:
+    add_plugin(site, "geo", BOUNDED)
+    key = line.split(" = ")[0]
+
+    with pytest.raises(ConfigError) as caught:
+        loaded(site, config(tmp_path, "host.plugins = geo", "[plugin:geo]", line))
+
+    assert str(caught.value) == f"{ini_path(tmp_path)}, section [plugin:geo], key {key!r}: {problem}"
+
+
+def test_a_misspelled_section_of_an_enabled_plugin(site: Site, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        add_plugin(site, "opts", OPTIONS)
+        loaded(site, config(tmp_path, "host.plugins = opts", "[plugin:otps]", "count = 4"))
+
+    assert str(caught.value) == (
+        f"{ini_path(tmp_path)}, section [plugin:otps]: this section configures no plugin, but looks meant "
+        "for plugin 'opts', which host.plugins enables: its options are not read from here\n"
+        "  -> did you mean [plugin:opts]?"
+    )
+
+
+@pytest.mark.parametrize("section", ["plugins:opts", "plugin: opts", "plugin_opts"])
+def test_a_misnamed_section_of_an_enabled_plugin(site: Site, tmp_path: Path, section: str) -> None:
+    add_plugin(site, "opts", OPTIONS)
+
+    with pytest.raises(ConfigError, match=r"did you mean \[plugin:opts\]\?"):
+        loaded(site, config(tmp_path, "host.plugins = opts", f"[{section}]", "count = 4"))
+
+
+def test_the_section_of_an_installed_plugin_that_is_not_enabled_is_left_alone(
+    site: Site, tmp_path: Path
+) -> None:
+    add_plugin(site, "opts", OPTIONS)
+    add_plugin(site, "hello", HELLO)
+
+    pm = loaded(site, config(tmp_path, "host.plugins = hello", "[plugin:opts]", "count = -4"))
+
+    assert pm.errors == [] and "opts" not in pm.options
+
+
 def test_unknown_option_in_the_section(site: Site, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         options(site, tmp_path, "greting = Hi")
@@ -718,6 +856,22 @@ def test_environment_variable_of_a_plugin_that_is_not_enabled_is_ignored(site: S
         (
             'declare("Greeting")',
             "declares the option 'Greeting': use lower-case letters, digits, '_' and '.'",
+        ),
+        (
+            'declare("name", minimum=1)',
+            "declares the option 'name' with a minimum: only int and float options have one",
+        ),
+        (
+            'declare("count", type="int", minimum=5, maximum=1)',
+            "declares the option 'count' with a minimum (5) above its maximum (1)",
+        ),
+        (
+            'declare("count", type="int", minimum="1")',
+            "declares the option 'count' with the minimum '1': give a number, or None",
+        ),
+        (
+            'declare("count", type="int", default=-1)',
+            "declares the option 'count' with the default -1, which is out of range: it must be 0 or more",
         ),
     ],
 )
@@ -1332,6 +1486,11 @@ def cli_ini(tmp_path: Path, plugins: str = "hello", *lines: str) -> Path:
     return write_ini(ini_path(tmp_path), EMBEDDED + f"host.plugins = {plugins}\n" + "\n".join(lines) + "\n")
 
 
+def words(lines: list[str]) -> list[str]:
+    """Each line with its runs of spaces made one."""
+    return [" ".join(line.split()) for line in lines]
+
+
 def commands_listed(help_text: str) -> list[str]:
     """The command names in the Commands: part of ``--help``."""
     listing = help_text.split("Commands:\n", 1)[1]
@@ -1348,7 +1507,8 @@ def test_hook_host_register_commands(site: Site, tmp_path: Path) -> None:
 
     assert (listed.returncode, listed.stderr) == (0, "")
     assert "hello" in commands_listed(listed.stdout)
-    assert "  hello       Greet NAME with the greeting of [plugin:hello]." in listed.stdout.splitlines()
+    # (The column's width is the longest command name's.)
+    assert "hello Greet NAME with the greeting of [plugin:hello]." in words(listed.stdout.splitlines())
     assert (ran.returncode, ran.stdout, ran.stderr) == (0, "Hi, Ada!\n", "")
 
 
@@ -1374,7 +1534,10 @@ def test_plugin_command_clashing_with_a_builtin_is_an_error(site: Site, tmp_path
     assert listed.returncode == 0
     # The other plugin's command is still there; the built-in is not replaced.
     assert "hello" in commands_listed(listed.stdout)
-    assert "  tasks       List every task the installed extensions provide, and any..." in listed.stdout
+    assert any(
+        line.startswith("tasks List every task the installed extensions provide")
+        for line in words(listed.stdout.splitlines())
+    )
     assert f"Commands from plugins could not be listed: {error} (see `host doctor`)" in " ".join(
         listed.stdout.split()
     )

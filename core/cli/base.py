@@ -7,8 +7,10 @@ exception: click prints it as ``Error: ...`` and exits with its status.
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -16,12 +18,21 @@ import click
 from core.errors import HostError
 
 if TYPE_CHECKING:
+    from core.plugin_manager import Plugin
     from core.startup import Host
 
 CONFIG_HELP = "The ini file (default: $HOST_CONFIG, else ./development.ini)."
+TRACEBACK_HELP = "Show the traceback when a plugin's command fails (or set HOST_DEBUG=1)."
 _PLUGIN_COMMANDS = "host.plugin_commands"
+_PLUGIN_OWNERS = "host.plugin_owners"
 _PLUGIN_PROBLEM = "host.plugin_problem"
 _NO_CONFIG = "host.no_config"
+#: The ``host`` options given after a plugin's command name (``host weather now --config F``).
+_LATE = "host.late_options"
+#: The plugin command being run: ``(words of the command, the plugin)``.
+_RUNNING = "host.running_plugin_command"
+#: ``host``'s own options a plugin's command takes after its name, as the built-in commands do.
+_HOST_OPTIONS = {"--config": True, "--traceback": False}  # option -> takes a value
 
 
 class HostGroup(click.Group):
@@ -36,20 +47,83 @@ class HostGroup(click.Group):
     def resolve_command(
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands:
+            # Perhaps a plugin's command, found by reading host.plugins from the
+            # configuration: which may be given after it, as for every built-in command.
+            ctx.meta[_LATE] = late_host_options(args[1:])
         try:
             name, command, rest = super().resolve_command(ctx, args)
+        except click.NoSuchCommand as e:
+            raise self._no_such_command(ctx, e) from e
         except click.UsageError as e:
-            problem = ctx.meta.get(_PLUGIN_PROBLEM) or ctx.meta.get(_NO_CONFIG)
-            if problem:
-                raise click.UsageError(
-                    f"{e.message}\n(Commands from plugins could not be listed: {problem})", ctx
-                ) from e
-            raise
-        if name is not None and name not in self.commands:
+            raise self._with_plugin_problem(ctx, e) from e
+        if name is not None and command is not None and name not in self.commands:
             # A plugin's command: it runs with the host configured, as the
             # built-in commands do, so its code can use plugins.plugin_config().
-            host(ctx.params.get("config_path")).app  # noqa: B018
+            host(self.config_path(ctx)).app  # noqa: B018
+            rest = without_host_options(rest, command)
+            ctx.meta[_RUNNING] = ([name, *subcommands(command, rest)], self.plugin_owners(ctx).get(name))
         return name, command, rest
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a plugin's command that raises gets a one-line error (exit 1).
+
+        A :class:`~core.errors.HostError` or a click error it raises is shown as
+        the built-in commands' are. Anything else is a bug of the plugin: its
+        message names the plugin, the command and the plugin's own line; the
+        traceback is shown with ``host --traceback`` or ``HOST_DEBUG=1``.
+        """
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as e:
+            running = ctx.meta.get(_RUNNING)
+            if running is None:
+                raise
+            words, plugin = running
+            raise self._plugin_command_failed(ctx, words, plugin, e) from e
+
+    def _plugin_command_failed(
+        self, ctx: click.Context, words: list[str], plugin: Plugin | None, e: Exception
+    ) -> HostError:
+        command = " ".join(["host", *words])
+        debug = ctx.params.get("show_traceback") or ctx.meta.get(_LATE, {}).get("--traceback") or debugging()
+        if debug:
+            traceback.print_exception(e, file=sys.stderr)
+        what = f"the command `{command}` raised"
+        again = "" if debug else "; run it again with --traceback (or HOST_DEBUG=1) to see the traceback"
+        if plugin is None:  # not found again: only the command's name to go by
+            error: HostError = HostError(f"{what} {type(e).__name__}: {e}", hint=f"fix the command{again}")
+        else:
+            authors = plugin.distribution or plugin.name
+            error = plugin.error_for(
+                f"{what} {plugin.describe(e)}",
+                hint=f"a bug of the plugin: fix it, or report it to the authors of {authors}{again}",
+            )
+        return CommandFailed(error)
+
+    def _no_such_command(self, ctx: click.Context, e: click.NoSuchCommand) -> click.UsageError:
+        """Click's error, with the plugins' commands among the names it suggests."""
+        found = click.NoSuchCommand(e.command_name, possibilities=self.list_commands(ctx), ctx=ctx)
+        return self._with_plugin_problem(ctx, found)
+
+    def _with_plugin_problem(self, ctx: click.Context, e: click.UsageError) -> click.UsageError:
+        problem = ctx.meta.get(_PLUGIN_PROBLEM) or ctx.meta.get(_NO_CONFIG)
+        if problem:
+            return click.UsageError(
+                f"{e.format_message()}\n(Commands from plugins could not be listed: {problem})", ctx
+            )
+        return e
+
+    def config_path(self, ctx: click.Context) -> str | None:
+        """The configuration file: ``--config`` given after a plugin's command, else before it."""
+        late = ctx.meta.get(_LATE, {}).get("--config")
+        return late if isinstance(late, str) else ctx.params.get("config_path")
+
+    def plugin_owners(self, ctx: click.Context) -> dict[str, Plugin]:
+        self.plugin_commands(ctx)
+        return ctx.meta.get(_PLUGIN_OWNERS, {})  # type: ignore[no-any-return]
 
     def plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
         """The commands the enabled plugins add, found once per run.
@@ -62,17 +136,16 @@ class HostGroup(click.Group):
 
             ctx.meta[_PLUGIN_COMMANDS] = {}
             try:
-                commands, problem = plugin_commands(
-                    ctx.params.get("config_path"), reserved=set(self.commands)
-                )
+                found = plugin_commands(self.config_path(ctx), reserved=set(self.commands))
             except HostError as e:
                 # No configuration here: there are no plugin commands to list, which
                 # `host --help` need not mention; an unknown command's error does.
                 ctx.meta[_NO_CONFIG] = str(e).splitlines()[0]
             else:
-                ctx.meta[_PLUGIN_COMMANDS] = commands
-                if problem:
-                    ctx.meta[_PLUGIN_PROBLEM] = problem
+                ctx.meta[_PLUGIN_COMMANDS] = found.commands
+                ctx.meta[_PLUGIN_OWNERS] = found.owners
+                if found.problem:
+                    ctx.meta[_PLUGIN_PROBLEM] = found.problem
         return ctx.meta[_PLUGIN_COMMANDS]  # type: ignore[no-any-return]
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -92,6 +165,78 @@ def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _group_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     return value if value is not None else ctx.find_root().params.get("config_path")
+
+
+class CommandFailed(HostError):
+    """A plugin's command raised: the plugin's error, with exit status 1 (it ran, and failed)."""
+
+    exit_code = 1
+
+    def __init__(self, error: HostError) -> None:
+        super().__init__(error.message, hint=error.hint)
+
+
+def late_host_options(args: Sequence[str]) -> dict[str, str | bool]:
+    """``host``'s own options among ``args`` (what follows a command's name), up to ``--``.
+
+    ``{"--config": "weather.ini", "--traceback": True}``; the last one given wins.
+    """
+    found: dict[str, str | bool] = {}
+    tokens = iter(args)
+    for token in tokens:
+        if token == "--":
+            break
+        option, equals, value = token.partition("=")
+        if option not in _HOST_OPTIONS:
+            continue
+        if not _HOST_OPTIONS[option]:
+            found[option] = True
+        elif equals:
+            found[option] = value
+        else:
+            found[option] = next(tokens, "")
+    return found
+
+
+def without_host_options(args: list[str], command: click.Command) -> list[str]:
+    """``args`` without ``host``'s own options, which the plugin's command does not declare itself."""
+    strip = {option for option in _HOST_OPTIONS if not declares(command, option)}
+    kept: list[str] = []
+    tokens = iter(args)
+    for token in tokens:
+        if token == "--":
+            kept += [token, *tokens]
+            break
+        option, equals, _ = token.partition("=")
+        if option not in strip:
+            kept.append(token)
+        elif _HOST_OPTIONS[option] and not equals:
+            next(tokens, None)  # its value
+    return kept
+
+
+def declares(command: click.Command, option: str) -> bool:
+    """Whether ``command``, or any command under it, has the option ``option``."""
+    if any(option in param.opts for param in command.params):
+        return True
+    children = command.commands.values() if isinstance(command, click.Group) else ()
+    return any(declares(child, option) for child in children)
+
+
+def subcommands(command: click.Command, args: Sequence[str]) -> list[str]:
+    """The names of the subcommands ``args`` starts with, under a group: ``["now"]``."""
+    words = []
+    for token in args:
+        if not isinstance(command, click.Group) or token not in command.commands:
+            break
+        words.append(token)
+        command = command.commands[token]
+    return words
+
+
+def debugging() -> bool:
+    """``HOST_DEBUG=1``: show tracebacks."""
+    return os.environ.get("HOST_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def host(config_path: str | None, *, strict: bool = True) -> Host:
@@ -136,5 +281,6 @@ def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> N
 )
 # Eager, so that `host --config FILE --help` lists that file's plugin commands.
 @click.option("--config", "config_path", metavar="FILE", help=CONFIG_HELP, is_eager=True)
-def cli(config_path: str | None) -> None:
+@click.option("--traceback", "show_traceback", is_flag=True, help=TRACEBACK_HELP)
+def cli(config_path: str | None, show_traceback: bool) -> None:
     """host-framework: Celery workers and tasks from installed extensions."""

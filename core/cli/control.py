@@ -210,9 +210,11 @@ def revoke(
 ) -> None:
     """Revoke tasks: waiting ones are discarded, never run; with --terminate a running one is ended.
 
-    Each becomes REVOKED (`host result ID`). The running workers keep the
-    revoked ids (one starting beside them learns them); with no worker
-    running, nothing is revoked (exit 1).
+    A discarded or terminated task becomes REVOKED (`host result ID`); a
+    running task revoked without --terminate runs to its end. The running
+    workers keep the revoked ids (one starting beside them learns them); with
+    no worker running, nothing is revoked (exit 1). A worker that answers
+    with an error (the threads pool cannot terminate) makes it exit 1 too.
     """
     from core import control
 
@@ -235,6 +237,13 @@ def revoke(
     answered = _count(done.replies, "worker")
     click.echo(f"Sent {sent} of {_count(done.task_ids, 'task')} to {to}; {answered} answered:")
     click.echo(render.table(("WORKER", "ANSWER"), list(done.replies.items())))
+    refused = [worker for worker, answer in done.replies.items() if answer.startswith("error: ")]
+    if refused:
+        raise control.RevokeRefused(
+            f"{', '.join(refused)} could not do it (see the answer above)",
+            hint="a threads or solo pool cannot terminate a running task: revoke it without --terminate, "
+            "or run the worker with the prefork pool",
+        )
 
 
 @click.command("purge")
@@ -278,7 +287,7 @@ def purge(queues: tuple[str, ...], yes: bool, config_path: str | None, as_json: 
 @config_option
 @json_option
 def queues_command(queues: tuple[str, ...], config_path: str | None, as_json: bool) -> None:
-    """Each queue with its waiting tasks and consumers (no worker needed)."""
+    """Each queue with its waiting tasks, consumers and, on RabbitMQ, its type (no worker needed)."""
     from core import control
     from core.masking import mask_url
 
@@ -288,9 +297,10 @@ def queues_command(queues: tuple[str, ...], config_path: str | None, as_json: bo
     if as_json:
         _dump({"broker": broker, "queues": [asdict(q) for q in found]})
         return
+    # HELD is known on the embedded broker only, the type on RabbitMQ only.
     held = any(q.held is not None for q in found)
-    head = ("QUEUE", "WAITING", "CONSUMERS") + (("HELD",) if held else ())
-    rows = [(q.name, q.waiting, q.consumers) + ((q.held,) if held else ()) for q in found]
+    head = ("QUEUE", "WAITING", "CONSUMERS", "HELD" if held else "TYPE")
+    rows = [(q.name, q.waiting, q.consumers, q.held if held else _type(q)) for q in found]
     click.echo(f"Queues on {broker}:\n" + render.table(head, rows))
     missing = [q.name for q in found if q.waiting is None]
     if missing:
@@ -301,6 +311,16 @@ def queues_command(queues: tuple[str, ...], config_path: str | None, as_json: bo
         click.echo(
             "(HELD: taken by a worker, not yet acknowledged: running, reserved, or waiting for its ETA)"
         )
+    elif any(_type(q) == "?" for q in found):
+        click.echo(
+            "(?: no probe of its type matched: the queue has arguments this configuration does not "
+            "declare, or this user may not configure it)"
+        )
+
+
+def _type(q: QueueInfo) -> str:
+    """A queue's type on RabbitMQ; ``-`` for a queue it does not have, ``?`` when no probe matched."""
+    return q.type or ("-" if q.waiting is None else "?")
 
 
 def _waiting(q: QueueInfo) -> str:

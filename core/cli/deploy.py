@@ -29,6 +29,7 @@ from core.cli.base import config_option, host
 @click.option(
     "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Processes per program."
 )
+@click.option("--flower", is_flag=True, help="A program for `host flower` too (the flower extra).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
 def supervisor(
     config_path: str | None,
@@ -37,16 +38,25 @@ def supervisor(
     log_dir: str,
     queues: tuple[str, ...],
     workers: int,
+    flower: bool,
     output: str | None,
 ) -> None:
-    """Render a supervisor configuration: worker programs per queue group, and one beat."""
+    """Render a supervisor configuration: worker programs per queue group, one beat, and Flower
+    with --flower."""
     from core import supervisor as rendering
 
     h = host(config_path)
     h.app  # noqa: B018 -- the whole configuration must be valid, plugins included
     current = None if user else getpass.getuser()
     d = rendering.deployment(
-        h.config, user=user, venv=venv, log_dir=log_dir, queues=queues, workers=workers, current_user=current
+        h.config,
+        user=user,
+        venv=venv,
+        log_dir=log_dir,
+        queues=queues,
+        workers=workers,
+        current_user=current,
+        flower=flower,
     )
     text = rendering.render(d)
     if output:

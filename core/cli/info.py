@@ -69,10 +69,11 @@ def config_group() -> None:
 @json_option
 def config_show(config_path: str | None, as_json: bool) -> None:
     """The effective settings (file, environment, plugins, defaults), passwords masked."""
+    from core.flower import flower_settings
     from core.settings import effective_settings
 
     h = host(config_path)
-    shown = effective_settings(h.config, h.app, h.plugins)
+    shown = [*effective_settings(h.config, h.app, h.plugins), *flower_settings(h.config)]
     if as_json:
         settings = {key: value for key, value, _, _ in shown}
         sources = {key: source for key, _, source, _ in shown}

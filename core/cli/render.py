@@ -183,7 +183,10 @@ def task_view(view: Any) -> str:
         lines.append(f"  worker:    {where}")
     if report.get("started"):
         ran = report.get("runtime")
-        timing = f", ran {ran:.3g} s" if isinstance(ran, (int, float)) else ", running"
+        if isinstance(ran, (int, float)):
+            timing = f", ran {ran:.3g} s"
+        else:
+            timing = "" if state in ("SUCCESS", "FAILURE", "REVOKED") else ", running"
         lines.append(f"  started:   {_local(report['started'])}{timing}")
     if view.date_done is not None:
         lines.append(f"  finished:  {_local(view.date_done)}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ import click
 
 from core.cli.base import config_option, host
 from core.cli.params import ETA, JSON_ARGUMENT, JSON_OBJECT, SECONDS, read_jsonl
-from core.errors import UsageError
+from core.errors import ResultTimeout, UsageError
 
 timeout_option = click.option(
     "--timeout",
@@ -90,8 +90,11 @@ def send(
     if _ran_inline(result):
         click.echo(inline_outcome(result).render())
         return
-    with ProgressDisplay(name) as display:
-        watch(h.app, result.id, timeout, display.update)
+    try:
+        with ProgressDisplay(name) as display:
+            watch(h.app, result.id, timeout, display.update)
+    except ResultTimeout as e:
+        raise h.why_pending(name, queue, result.id, e) from e
     click.echo(outcome(h.app, result.id, wait=True, timeout=timeout).render())
 
 
@@ -172,8 +175,7 @@ def _send_many(config_path: str | None, name: str, path: str, **options: Any) ->
             raise UsageError(f"--many {path}: no such file", hint="give a JSON Lines file, or - for stdin")
         try:
             with source.open(encoding="utf-8") as lines:
-                for _ in read_jsonl(lines, path):  # every line valid before the first is sent
-                    pass
+                _check_lines(h.app, name, lines, path)  # every line valid before the first is sent
         except UnicodeDecodeError as e:
             raise UsageError(f"--many {path} is not UTF-8 text: {e}", hint="save it as UTF-8") from e
         items = _lines_of(source, path)
@@ -194,6 +196,30 @@ def _send_many(config_path: str | None, name: str, path: str, **options: Any) ->
         click.echo(f"ran {len(ids)} tasks of {name} here (host.task_mode = eager)", err=True)
     else:
         click.echo(f"sent {len(ids)} tasks of {name}", err=True)
+
+
+def _check_lines(app: Any, name: str, lines: Iterable[str], path: str) -> None:
+    """Every line of a ``--many`` file is an item, whose arguments fit the task (when it is here)."""
+    from core.bulk import item_call
+    from core.sending import ArgumentCheck
+
+    fits = ArgumentCheck(app, name)
+    numbered = _Counted(lines)
+    for item in read_jsonl(numbered, path):
+        args, kwargs, _ = item_call(item, numbered.count)
+        fits(args, kwargs, f"{path}, line {numbered.count}: ")
+
+
+class _Counted:
+    """The lines of a file, counted as read: when read_jsonl yields an item, the count is its line."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self.lines, self.count = iter(lines), 0
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self.lines:
+            self.count += 1
+            yield line
 
 
 def _lines_of(source: Path, path: str) -> Iterator[Any]:

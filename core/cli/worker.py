@@ -19,8 +19,14 @@ PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 
 @click.command(context_settings=PASS_THROUGH)
 @config_option
+@click.option(
+    "--reload",
+    is_flag=True,
+    help="Development: restart the worker (warm shutdown) when a Python file of the host, "
+    "of an extension or of an enabled plugin, or the ini file, changes.",
+)
 @click.argument("worker_args", nargs=-1, type=click.UNPROCESSED)
-def celeryd(config_path: str | None, worker_args: tuple[str, ...]) -> None:
+def celeryd(config_path: str | None, reload: bool, worker_args: tuple[str, ...]) -> None:
     """Start a worker. Every other option goes to `celery worker` unchanged
     (`host celeryd -- --help` lists them).
 
@@ -29,6 +35,8 @@ def celeryd(config_path: str | None, worker_args: tuple[str, ...]) -> None:
     """
     if "--help" in worker_args:
         _celery_help("celeryd", "worker")
+    if reload:
+        _reloading(config_path, worker_args)
     from core.collector import hold_collection, release_collection
     from core.runner import run_celery
 
@@ -79,6 +87,16 @@ def celerybeat(config_path: str | None, beat_args: tuple[str, ...]) -> None:
 
 
 COMMANDS = [celeryd, celerybeat]
+
+
+def _reloading(config_path: str | None, worker_args: tuple[str, ...]) -> None:
+    """``host celeryd --reload``: a worker child process, restarted when a watched file changes."""
+    from core.reloader import Reloader, child_command, watched_paths
+
+    h = host(config_path, strict=False)  # a broken extension is the child's to report
+    paths = watched_paths(h)
+    command = child_command(str(h.config.path), [a for a in worker_args if a != "--"])
+    sys.exit(Reloader(command, paths, echo=lambda line: click.echo(line, err=True)).run())
 
 
 def embeds_beat(args: tuple[str, ...] | list[str]) -> bool:
