@@ -66,7 +66,8 @@ setup(
         # Pinned to a minor version so a new lint rule cannot turn CI red on its own.
         # import-linter checks that the layers import only downward (docs/architecture.md):
         # the well-kept tool for it, with layers, forbidden and acyclic contracts.
-        "lint": ["ruff==0.17.*", "mypy==2.4.*", "import-linter==2.17.*"],
+        # pytest: mypy checks the test kit (core/testing, a pytest plugin) against pytest's types.
+        "lint": ["ruff==0.17.*", "mypy==2.4.*", "import-linter==2.17.*", "pytest>=8"],
     },
     entry_points={
         "console_scripts": ["host = core.cli:main"],
