@@ -101,6 +101,74 @@ def test_the_shared_app_and_the_task_modules_are_put_back(installed_extension, t
     assert sys.modules["kit_ext.tasks"] is before and kit_ext.tasks is before
 
 
+HELPED_EXTENSION = {
+    "entry_points": {"host.celery_task": {"tasks": "helped_ext:task_imports"}},
+    "files": {
+        "helped_ext/__init__.py": "def task_imports():\n    return ['helped_ext.tasks']\n",
+        # A helper module with no task, on the app the docs teach to import.
+        "helped_ext/helpers.py": """\
+            from core.celery_app import celery
+
+
+            def broker():
+                return celery.conf.broker_url
+            """,
+        "helped_ext/tasks.py": """\
+            import celery as celery_package
+
+            from core.celery_app import celery
+            from helped_ext.helpers import broker
+
+
+            @celery.task(name="helped.brokers", bind=True)
+            def brokers(self):
+                return [self.app.conf.broker_url, broker(), celery_package.current_app.conf.broker_url]
+            """,
+    },
+}
+
+
+@pytest.mark.parametrize("run", [1, 2, 3])
+@pytest.mark.host_ini(eager=True)
+def test_every_module_a_test_imported_is_imported_again_by_the_next(run: int, helped_app) -> None:
+    brokers = helped_app.tasks["helped.brokers"].delay().get(timeout=10)
+    assert brokers == [helped_app.conf.broker_url] * 3
+    assert sys.modules["helped_ext.helpers"].celery is helped_app
+
+
+@pytest.fixture
+def helped_app(installed_extension, request: pytest.FixtureRequest):
+    installed_extension("helped-ext", **HELPED_EXTENSION)
+    return request.getfixturevalue("host_app")
+
+
+def test_host_app_is_celerys_current_app_during_the_test(host_app) -> None:
+    import celery
+
+    assert celery.current_app._get_current_object() is host_app
+    assert celery._state.default_app is host_app
+
+
+def test_celerys_current_app_is_put_back(tmp_path: Path) -> None:
+    import celery
+
+    before = celery.current_app._get_current_object()
+    with fresh_shared_app() as app:
+        assert celery.current_app._get_current_object() is app
+    assert celery.current_app._get_current_object() is before
+
+
+def test_a_module_imported_during_the_test_is_dropped_unless_from_a_library(installed_extension) -> None:
+    installed_extension("plain-ext", files={"plain_ext/__init__.py": "", "plain_ext/util.py": "X = 1\n"})
+    with fresh_shared_app():
+        import xml.dom.minidom  # noqa: F401 (the standard library's, maybe imported already)
+
+        import plain_ext.util  # noqa: F401 (imported to be in sys.modules)
+
+    assert "plain_ext.util" not in sys.modules and "plain_ext" not in sys.modules
+    assert "xml.dom.minidom" in sys.modules
+
+
 @pytest.mark.host_ini(eager=True)
 def test_an_installed_extension_runs_on_host_app(installed_extension, host_app_after_install) -> None:
     assert host_app_after_install.tasks["kit.double"].delay(21).get(timeout=10) == 42
@@ -153,6 +221,13 @@ def test_registering_a_plugin_configures_host_app_again(host_app, host_plugin) -
     assert host_app.conf.task_routes == [{"kit.*": {"queue": "greetings"}}]
 
 
+def test_a_plugin_registered_after_a_task_was_routed_routes_it(host_app, host_plugin) -> None:
+    assert host_app.amqp.router.route({}, "kit.double")["queue"].name == "celery"
+    host_plugin(Greeter(), name="greeter")
+    assert host_app.amqp.router.route({}, "kit.double")["queue"].name == "greetings"
+    assert "greetings" in host_app.amqp.queues
+
+
 def test_the_registered_plugins_are_forgotten_after_the_test() -> None:
     from core.plugin_manager import make_plugin_manager
 
@@ -179,6 +254,22 @@ def test_a_worker_sees_the_extensions_the_test_installed(worker_with_extension, 
 def worker_with_extension(installed_extension, request: pytest.FixtureRequest):
     installed_extension("kit-ext", **KIT_EXTENSION)
     return request.getfixturevalue("host_worker")
+
+
+@pytest.mark.host_ini(eager=True)
+def test_an_extension_installed_after_host_app_is_set_up_is_on_it(host_app, installed_extension) -> None:
+    assert "kit.double" not in host_app.tasks
+    installed_extension("kit-ext", **KIT_EXTENSION)
+    assert host_app.tasks["kit.double"].delay(4).get(timeout=10) == 8
+
+
+@pytest.mark.host_worker(args=["-P", "solo"])
+def test_an_extension_installed_after_the_worker_started_fails_the_test(
+    host_worker, installed_extension
+) -> None:
+    late = r"installed_extension\('kit-ext'\) was called after host_worker started, which cannot see it"
+    with pytest.raises(pytest.fail.Exception, match=late):
+        installed_extension("kit-ext", **KIT_EXTENSION)
 
 
 def test_a_failed_test_reports_the_worker_log(pytester: pytest.Pytester) -> None:

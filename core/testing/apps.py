@@ -5,24 +5,31 @@ tasks on that app when they are imported. For one test,
 :func:`fresh_shared_app` puts a new, unconfigured app in its place, so that
 whatever the test configures -- through the fixture ``host_app``, ``host
 tasks`` run in-process, ``plugins.plugin_config()`` -- configures that app
-and nothing another test sees. Three things make that hold:
+and nothing another test sees. Four things make that hold:
 
-* modules already imported that hold tasks of another app are set aside, so
-  that discovery imports them again, onto the test's app; afterwards the
-  modules imported during the test are dropped and the set-aside ones put
-  back (a task object bound to the shared app, imported by a test module,
-  keeps running on the shared app: get tasks from ``host_app.tasks``);
+* modules already imported that hold tasks or an app (``from core.celery_app
+  import celery``) are set aside, so that discovery imports them again, onto
+  the test's app; afterwards every module the test imported is dropped --
+  those of the framework, the standard library and site-packages excepted --
+  and the set-aside ones put back, so that the next test imports its own
+  (a task object bound to the shared app, imported by a test module, keeps
+  running on the shared app: get tasks from ``host_app.tasks``);
 * ``@celery.task`` also queues a process-wide callback that registers the task
   on every app finalized later ("shared" tasks,
   ``celery._state._on_app_finalizers``); only Celery's built-in ones are kept
   during the test, or the tasks of every module imported so far would land
   on the test's app;
-* the shared app itself is put back afterwards.
+* the test's app is Celery's default and current app (``celery.current_app``,
+  ``@shared_task``) during the test;
+* the shared app, and Celery's default and current apps, are put back afterwards.
 """
 
 from __future__ import annotations
 
+import os
+import site
 import sys
+import sysconfig
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,15 +40,19 @@ from core.app import HostCelery
 
 #: Modules of the framework and its libraries never hold an extension's tasks.
 _NOT_EXTENSIONS = ("core.", "plugins.", "celery.", "kombu.", "_pytest.", "pytest.")
+#: Packages kept in ``sys.modules`` after a test, wherever they are installed (``core`` and
+#: ``plugins`` may be a source checkout): importing them again would make a second copy of their
+#: classes and of the state the running session holds.
+_KEPT = ("core", "plugins", "celery", "kombu", "_pytest", "pytest", "pluggy")
 
 
 def holds_tasks(name: str, module: object) -> bool:
-    """The module ``name`` has a Celery task (or the lazy proxy ``@celery.task`` returns) among its globals.
+    """The module ``name`` has a Celery task (or the lazy proxy ``@celery.task`` returns) or an app.
 
     ``type()`` is read, never ``isinstance()``: that would evaluate a lazy
     task, finalizing (and configuring) the app it belongs to.
     """
-    from celery import Task
+    from celery import Celery, Task
     from celery.local import PromiseProxy
 
     if not isinstance(module, types.ModuleType) or name == "__main__":
@@ -52,7 +63,30 @@ def holds_tasks(name: str, module: object) -> bool:
         values = list(vars(module).values())
     except TypeError:
         return False
-    return any(issubclass(type(value), (Task, PromiseProxy)) for value in values)
+    return any(issubclass(type(value), (Task, PromiseProxy, Celery)) for value in values)
+
+
+def _library_folders() -> tuple[str, ...]:
+    """The standard library and site-packages folders of this interpreter."""
+    paths = sysconfig.get_paths()
+    folders = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    folders.update(site.getsitepackages())
+    return tuple(os.path.join(folder, "") for folder in folders)
+
+
+def from_a_library(name: str, module: object, libraries: tuple[str, ...]) -> bool:
+    """The module belongs to the framework, is built in, or lives in the stdlib or site-packages.
+
+    Those stay imported after a test: some cannot be imported twice (C
+    extensions), and a second copy of a library's classes breaks ``isinstance``.
+    An extension's modules, the test's own and those ``installed_extension``
+    wrote are elsewhere (a source checkout installed in development mode too).
+    """
+    if name.partition(".")[0] in _KEPT:
+        return True
+    locations = [getattr(module, "__file__", None), *(getattr(module, "__path__", None) or ())]
+    files = [os.path.abspath(location) for location in locations if isinstance(location, str)]
+    return all(file.startswith(libraries) for file in files)
 
 
 def _set_in_parent(name: str, module: types.ModuleType | None) -> None:
@@ -78,6 +112,7 @@ def fresh_shared_app() -> Iterator[HostCelery]:
     fresh = HostCelery("host", set_as_current=False)
     finalizers = celery_state._on_app_finalizers
     saved_finalizers = set(finalizers)
+    saved_default, saved_current = celery_state.default_app, getattr(celery_state._tls, "current_app", None)
     set_aside = {name: module for name, module in list(sys.modules.items()) if holds_tasks(name, module)}
     for name in set_aside:
         del sys.modules[name]
@@ -85,21 +120,31 @@ def fresh_shared_app() -> Iterator[HostCelery]:
     finalizers.clear()
     finalizers.update(cb for cb in saved_finalizers if cb.__module__ == "celery.app.builtins")
     core.celery_app.celery = fresh
+    fresh.set_default()
+    fresh.set_current()
     try:
         yield fresh
     finally:
         core.celery_app.celery = shared
+        celery_state.set_default_app(saved_default)
+        celery_state._set_current_app(saved_current)
         finalizers.clear()
         finalizers.update(saved_finalizers)
-        for name in set(sys.modules) - before:
-            module = sys.modules[name]
-            if holds_tasks(name, module):
-                del sys.modules[name]
-                _set_in_parent(name, set_aside.get(name))
-        for name, module in set_aside.items():
-            sys.modules[name] = module
-            _set_in_parent(name, module)
+        _drop_imported_since(before, set_aside)
         _disconnect(fresh)
+
+
+def _drop_imported_since(before: set[str], set_aside: dict[str, types.ModuleType]) -> None:
+    """Drop the modules imported since ``before`` was taken (libraries kept); put ``set_aside`` back."""
+    libraries = _library_folders()
+    for name in sorted(set(sys.modules) - before, reverse=True):  # a package's modules before it
+        module = sys.modules[name]
+        if holds_tasks(name, module) or not from_a_library(name, module, libraries):
+            del sys.modules[name]
+            _set_in_parent(name, set_aside.get(name))
+    for name, module in set_aside.items():
+        sys.modules[name] = module
+        _set_in_parent(name, module)
 
 
 def _disconnect(app: HostCelery) -> None:
@@ -118,6 +163,30 @@ def configure(app: HostCelery, ini: Path) -> HostCelery:
 
     Host(app, str(ini)).tasks_or_fail()
     return app
+
+
+def reconfigure(app: HostCelery, ini: Path) -> HostCelery:
+    """Configure ``app`` again (a plugin or extension added during the test), and forget what Celery
+    built from its previous configuration."""
+    forget_built(app)
+    return configure(app, ini)
+
+
+def forget_built(app: HostCelery) -> None:
+    """Drop what Celery built from ``app.conf`` and keeps, to be built from the new one when next used.
+
+    A new configuration (``config_from_object(force=True)``) replaces
+    ``app.conf`` only: ``app.amqp`` keeps the queues, the router and the
+    default exchange it made from the old one (only ``conf.update()`` of
+    ``task_routes`` flushes the router, ``AMQP._handle_conf_update``), and the
+    connection pool, result backend, control and events keep their URLs.
+    """
+    for built in ("amqp", "control", "events"):  # Celery's cached properties (celery/app/base.py)
+        app.__dict__.pop(built, None)
+    app._pool = None
+    app._backend_cache = None
+    if hasattr(app._local, "backend"):
+        del app._local.backend
 
 
 @contextmanager

@@ -166,7 +166,8 @@ def host_app(request: pytest.FixtureRequest, _host_fresh_app: HostCelery, host_i
     """The app configured from the test's ini, with the installed extensions' tasks imported onto it.
 
     It is ``core.celery_app.celery`` during the test (what task modules, the
-    toolkit and ``host_cli`` use), and a new app in each test. Get tasks from
+    toolkit and ``host_cli`` use) and Celery's current app, and a new app in
+    each test: the modules a test imported are imported again by the next. Get tasks from
     ``host_app.tasks[NAME]``. With ``eager=True`` in the ini, ``.delay()`` runs
     the task in the test; otherwise it goes to the broker (``host_worker`` runs it).
     """
@@ -224,7 +225,7 @@ def host_plugin(request: pytest.FixtureRequest, _host_fresh_app: HostCelery) -> 
     whose options are read from ``[plugin:NAME]``.
     """
     from core.plugin_manager import registered
-    from core.testing.apps import configure
+    from core.testing.apps import reconfigure
 
     def register(obj: Any, name: str | None = None) -> str:
         name = name or _plugin_name(obj)
@@ -235,7 +236,7 @@ def host_plugin(request: pytest.FixtureRequest, _host_fresh_app: HostCelery) -> 
         registered[name] = obj
         configured = request.node.stash.get(_CONFIGURED, None)
         if configured is not None:
-            configure(*configured)
+            reconfigure(*configured)
         return name
 
     return register
@@ -262,8 +263,11 @@ def installed_extension(
     Written into a folder of this test on ``sys.path`` (and on ``host_worker``'s
     ``PYTHONPATH``), with its modules (``files``: ``{"pkg/tasks.py": source}``);
     the modules imported from it are forgotten after the test. Returns the
-    dist-info folder.
+    dist-info folder. ``host_app`` is configured again when it already was;
+    a ``host_worker`` already started cannot see it: the test fails, saying so.
     """
+    from core.testing.apps import reconfigure
+
     site = Site(tmp_path / "extensions")
     site.path.mkdir()
     monkeypatch.syspath_prepend(str(site.path))
@@ -275,7 +279,17 @@ def installed_extension(
         files: Mapping[str, str] | None = None,
         version: str = "1.0",
     ) -> Path:
-        return site.add(name, version, entry_points=entry_points, files=files)
+        if request.node.stash.get(_WORKERS, None):
+            pytest.fail(
+                f"installed_extension({name!r}) was called after host_worker started, which cannot see "
+                "it: call installed_extension() in a fixture that host_worker is requested after",
+                pytrace=False,
+            )
+        dist_info = site.add(name, version, entry_points=entry_points, files=files)
+        configured = request.node.stash.get(_CONFIGURED, None)
+        if configured is not None:
+            reconfigure(*configured)
+        return dist_info
 
     yield install
     site.forget_modules()
