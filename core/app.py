@@ -45,6 +45,8 @@ class HostCelery(Celery):
         self.steps["consumer"].add(SoloAck)
         #: Settings a plugin changed -> which plugin (for ``host config show``).
         self.host_changed_by: dict[str, str] = {}
+        #: (broker write URL, broker_transport) -> its transport's driver type (``amqp``...).
+        self.host_driver_types: dict[tuple[Any, Any], str] = {}
         # Celery calls on_configure when the configuration is first needed. As
         # a Signal (its default) it would log and swallow our ConfigError and
         # run on Celery's defaults; as a plain method, the error reaches the caller.
@@ -82,7 +84,8 @@ class HostCelery(Celery):
         ``self.retry(countdown=0.5)`` is rejected and lost. One second is still
         "no earlier than" the time asked for.
         """
-        if (countdown or eta) and _delays_natively(self) and _under_a_second(self, countdown, eta):
+        # The range first: it is cheap, and most countdowns are a second or more.
+        if (countdown or eta) and _under_a_second(self, countdown, eta) and _delays_natively(self):
             countdown, eta = 1, None
         return super().send_task(name, args, kwargs, countdown, eta, *more, **options)
 
@@ -112,8 +115,23 @@ def _under_a_second(app: Celery, countdown: Any, eta: Any) -> bool:
     return isinstance(countdown, (int, float)) and 0 < countdown < 1
 
 
-def _delays_natively(app: Celery) -> bool:
+def _delays_natively(app: HostCelery) -> bool:
     """Celery's own test for native delayed delivery: a quorum queue among the app's queues, on AMQP."""
     from celery.utils.quorum_queues import detect_quorum_queues
 
-    return bool(detect_quorum_queues(app, app.connection_for_write().transport.driver_type)[0])
+    return bool(detect_quorum_queues(app, driver_type(app))[0])
+
+
+def driver_type(app: HostCelery) -> str:
+    """The driver type of the transport the app sends with (``amqp``, ``redis``...).
+
+    Read once per broker URL and transport: reading it builds a kombu Connection
+    (no network, but some 100 us), and the settings may change under a test.
+    """
+    conf = app.conf
+    key = (conf.broker_write_url, conf.broker_transport)
+    found = app.host_driver_types.get(key)
+    if found is None:
+        with app.connection_for_write() as connection:
+            found = app.host_driver_types[key] = connection.transport.driver_type
+    return found

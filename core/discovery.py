@@ -33,6 +33,7 @@ from core.entrypoints import (
     identified,
     installed_entry_points,
     normalize,
+    reinstall_command,
     top_level_names,
 )
 from core.errors import ConfigError, DuplicateTaskError, ExtensionError, HostError, UsageError
@@ -420,7 +421,7 @@ def _import_failure(e: Exception, module: str, ext: Extension, what: str) -> Ext
             f"module {module} ({what}) is not installed",
             module=module,
             not_installed=True,
-            hint=f"reinstall {ext.distribution} (pip install {ext.distribution}), or uninstall it",
+            hint=f"{reinstall_command(ext.dist, ext.distribution)}, or uninstall it",
         )
     if isinstance(e, ModuleNotFoundError):
         hint = f"install {e.name}, or the extra of {ext.distribution} that provides it"

@@ -135,6 +135,18 @@ def reinstall(dist: metadata.Distribution | None, name: str) -> str:
     return f"reinstall {name} (pip install {editable}{project})"
 
 
+def reinstall_command(dist: metadata.Distribution | None, name: str) -> str:
+    """``reinstall NAME (pip install ...)``, from where it came: its folder, its URL, or the index."""
+    if _project_folder(dist) is not None:
+        return reinstall(dist, name)
+    found = _direct_url(dist)
+    url = str(found.get("url", ""))
+    vcs = found.get("vcs_info", {}).get("vcs") if isinstance(found.get("vcs_info"), dict) else None
+    # Not from the package index (a local wheel, a VCS checkout): from where it came from.
+    source = f"{vcs}+{url}" if vcs and url else url or name
+    return f"reinstall {name} (pip install {source})"
+
+
 def _direct_url(dist: metadata.Distribution | None) -> dict[str, Any]:
     """PEP 610's ``direct_url.json``: where a distribution was installed from, when not an index."""
     text = dist.read_text("direct_url.json") if dist is not None else None

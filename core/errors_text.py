@@ -7,13 +7,16 @@ nothing of the project.
 
 from __future__ import annotations
 
+import ast
 import difflib
+import importlib
 import os
 import pkgutil
 import sys
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 def exception_text(e: BaseException, within: str | None = None) -> str:
@@ -72,9 +75,13 @@ class MissingModule:
     folder: str | None
     #: The modules of that package (or the distribution's top-level names).
     siblings: list[str] = field(default_factory=list)
+    #: The same name inside one of the distribution's packages (``myext.tasks`` for ``tasks``).
+    inside: str | None = None
 
     def suggestion(self, module: str) -> str | None:
         """``module`` with its missing part replaced by the closest existing name, if any."""
+        if self.inside is not None:
+            return self.inside + module[len(self.missing) :]
         close = near(self.missing.rpartition(".")[2], self.siblings)
         if not close:
             return None
@@ -84,6 +91,8 @@ class MissingModule:
     def what(self) -> str:
         """``package myext (/site/myext) has no module celery_imports``."""
         name = self.missing.rpartition(".")[2]
+        if self.inside is not None:
+            return f"no top-level module {name} is installed: a module path starts at its top-level package"
         if self.package is None:
             return f"no package or module {name} is installed"
         if not self.siblings and self.folder is None:
@@ -114,9 +123,25 @@ def missing_module(
         siblings = sorted(info.name for info in pkgutil.iter_modules(path))
         return MissingModule(missing, package, os.pathsep.join(path), siblings)
     tops = sorted(set(top_level))
+    inside = [top for top in tops if _submodule_exists(top, name)]
+    if inside:
+        # A bare ``tasks`` for ``myext.tasks``: the distribution's package has it.
+        return MissingModule(missing, None, folder, tops, inside=f"{inside[0]}.{name}")
     if not near(name, tops):
         return None
     return MissingModule(missing, None, folder, tops)
+
+
+def _submodule_exists(package: str, name: str) -> bool:
+    """Whether the installed package ``package`` has the module ``name`` (nothing is imported but it)."""
+    parent = sys.modules.get(package)
+    if parent is None:
+        try:
+            parent = importlib.import_module(package)
+        except Exception:  # a broken package is reported on its own when it is imported
+            return False
+    path = getattr(parent, "__path__", None)
+    return path is not None and any(info.name == name for info in pkgutil.iter_modules(path))
 
 
 def raised_at(e: BaseException, within: str | None = None) -> str | None:
@@ -143,3 +168,38 @@ def _package_folder(module: str) -> str | None:
         return None
     # A package: its folder. A single-file module: the file itself.
     return os.path.dirname(file) + os.sep if os.path.basename(file) == "__init__.py" else file
+
+
+def hookimpls_beside(module: str) -> list[tuple[str, int]]:
+    """The modules of ``module``'s top-level package with ``@hookimpl`` functions, and how many.
+
+    Read from their source, not imported: a module of tasks registers its tasks
+    when imported, and a message must change nothing.
+    """
+    top = sys.modules.get(module.partition(".")[0])
+    found = []
+    for folder in getattr(top, "__path__", None) or []:
+        for file in sorted(Path(folder).rglob("*.py")):
+            count = _hookimpl_count(file)
+            if count:
+                parts = file.relative_to(folder).with_suffix("").parts
+                name = ".".join((top.__name__, *parts))  # type: ignore[union-attr]  # top has a __path__
+                found.append((name.removesuffix(".__init__"), count))
+    return [(name, count) for name, count in found if name != module]
+
+
+def _hookimpl_count(file: Path) -> int:
+    try:
+        tree = ast.parse(file.read_bytes(), filename=str(file))
+    except (OSError, SyntaxError, ValueError):
+        return 0
+    functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    return sum(1 for f in functions if any(_is_hookimpl(d) for d in f.decorator_list))
+
+
+def _is_hookimpl(decorator: ast.expr) -> bool:
+    """``@hookimpl``, ``@plugins.hookimpl``, ``@hookimpl(tryfirst=True)``."""
+    if isinstance(decorator, ast.Call):
+        decorator = decorator.func
+    name = decorator.attr if isinstance(decorator, ast.Attribute) else getattr(decorator, "id", None)
+    return name == "hookimpl"

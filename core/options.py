@@ -12,6 +12,7 @@ Plugins declare theirs with ``host_config_declarations`` and the
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -106,7 +107,30 @@ def _plain(limit: float | None) -> str | None:
 
 
 class BadDeclaration(Exception):
-    """A plugin declared an option that cannot be (an invalid name, type or choices)."""
+    """A plugin declared an option that cannot be (an invalid name, type or choices), and the fix."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+#: The parameters ``declare`` takes, in its order, for a message about one it does not.
+_PARAMETERS = ("name", "type", "default", "help", "choices", "required", "minimum", "maximum")
+#: Names other libraries give the types, for "did you mean".
+_TYPE_ALIASES = {
+    "str": "string",
+    "integer": "int",
+    "boolean": "bool",
+    "number": "float",
+    "dictionary": "dict",
+}
+#: What a default of each checked type must be: Python types, and how to write one.
+_DEFAULTS: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "a whole number such as default=3"),
+    "float": ((int, float), "a number such as default=2.5"),
+    "bool": ((bool,), "True or False"),
+    "string": ((str,), 'a string such as default="text"'),
+}
 
 
 def declarer(options: dict[str, Option]) -> Callable[..., None]:
@@ -122,14 +146,20 @@ def declarer(options: dict[str, Option]) -> Callable[..., None]:
         required: bool = False,
         minimum: float | None | _Unset = _UNSET,
         maximum: float | None = None,
+        **unknown: Any,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise BadDeclaration(f"declares the option {name!r}: use lower-case letters, digits, '_' and '.'")
+        if unknown:
+            _unknown_parameter(name, next(iter(unknown)))
         if name in options:
             raise BadDeclaration(f"declares the option {name!r} twice")
         if type not in TYPES:
+            close = _TYPE_ALIASES.get(type) if isinstance(type, str) else None
+            close = close or next(iter(difflib.get_close_matches(str(type), TYPES, n=1)), None)
             raise BadDeclaration(
-                f"declares the option {name!r} with type {type!r}; use one of {', '.join(TYPES)}"
+                f"declares the option {name!r} with type {type!r}; use one of {', '.join(TYPES)}",
+                hint=f'did you mean type="{close}"?' if close else None,
             )
         if isinstance(choices, str) or (choices and type in ("list", "dict")):
             raise BadDeclaration(
@@ -138,6 +168,7 @@ def declarer(options: dict[str, Option]) -> Callable[..., None]:
             )
         low = _limits(name, type, minimum, maximum)
         option = Option(name, type, default, help, tuple(choices), required, minimum=low, maximum=maximum)
+        _check_default(option)
         if type in _NUMBERS and isinstance(default, (int, float)) and not option.in_range(default):
             raise BadDeclaration(
                 f"declares the option {name!r} with the default {default!r}, which is out of range: "
@@ -146,6 +177,36 @@ def declarer(options: dict[str, Option]) -> Callable[..., None]:
         options[name] = option
 
     return declare
+
+
+def _unknown_parameter(name: str, parameter: str) -> None:
+    close = difflib.get_close_matches(parameter, _PARAMETERS, n=1)
+    raise BadDeclaration(
+        f"declares the option {name!r} with {parameter}=, which declare() does not take; it takes "
+        + ", ".join(_PARAMETERS),
+        hint=f"did you mean {close[0]}=?" if close else None,
+    )
+
+
+def _check_default(option: Option) -> None:
+    """A default the option's own value could not be: of another type, or not one of its choices."""
+    default, name = option.default, option.name
+    if default is None:
+        return
+    kinds, example = _DEFAULTS.get(option.type, ((object,), ""))
+    if isinstance(default, bool) and bool not in kinds or not isinstance(default, kinds):
+        raise BadDeclaration(
+            f"declares the {option.type} option {name!r} with the default {default!r}, which is not "
+            f"{'an' if option.type == 'int' else 'a'} {option.type}",
+            hint=f"give a default of the option's type, {example}, or None",
+        )
+    if option.choices and default not in option.choices:
+        allowed = ", ".join(repr(choice) for choice in option.choices)
+        raise BadDeclaration(
+            f"declares the option {name!r} with the default {default!r}, which is not one of its "
+            f"choices: {allowed}",
+            hint="make the default one of the choices, or add it to them",
+        )
 
 
 class _Unset:

@@ -39,7 +39,13 @@ from core.entrypoints import (
     top_level_names,
 )
 from core.errors import PluginError
-from core.errors_text import did_you_mean, exception_text, explain_import_error, missing_module
+from core.errors_text import (
+    did_you_mean,
+    exception_text,
+    explain_import_error,
+    hookimpls_beside,
+    missing_module,
+)
 from core.options import BadDeclaration, Option, declarer
 from plugins import hookspecs
 
@@ -268,7 +274,7 @@ class HostPluginManager(pluggy.PluginManager):
             try:
                 self.call_one(plugin, "host_config_declarations", declare=declarer(options))
             except BadDeclaration as e:
-                hint = "see host_config_declarations in docs/plugins.md"
+                hint = e.hint or "see host_config_declarations in docs/plugins.md"
                 self.fail(plugin, plugin.error_for(str(e), hint=hint))
                 continue
             except Exception as e:
@@ -395,7 +401,7 @@ def make_plugin_manager(
     for name in wanted:
         plugin = pm.record(name)
         if plugin is None:
-            pm.records.append(_not_installed(name, sorted(installed), misgrouped))
+            pm.records.append(_not_installed(name, installed, misgrouped))
         elif len(installed[name]) > 1:
             pm.fail(plugin, _provided_twice(plugin, installed[name]))
     # pluggy calls the last registered plugin first; registering in reverse
@@ -441,7 +447,9 @@ def _record(name: str, item: Installed, enabled: bool) -> Plugin:
     )
 
 
-def _not_installed(name: str, installed: list[str], misgrouped: Sequence[Installed] = ()) -> Plugin:
+def _not_installed(
+    name: str, installed: Mapping[str, Sequence[Installed]], misgrouped: Sequence[Installed] = ()
+) -> Plugin:
     plugin = Plugin(name, enabled=True)
     wrong = next((item for item in misgrouped if item.entry_point.name == name), None)
     if wrong is not None:
@@ -454,18 +462,31 @@ def _not_installed(name: str, installed: list[str], misgrouped: Sequence[Install
             hint=fix_and_reinstall(ep.dist, wrong.distribution, "the group", f"did you mean {GROUP}?"),
         )
         return plugin
-    close = difflib.get_close_matches(name, installed, n=1)
-    listing = ", ".join(installed) if installed else "none"
+    close = difflib.get_close_matches(name, sorted(installed), n=1)
+    if close:
+        plugin.error = _near_name(plugin, installed[close[0]][0])
+        return plugin
     plugin.error = plugin.error_for(
         f"is named in host.plugins but no installed distribution provides it "
-        f"(the installed plugins are: {listing})",
+        f"(the installed plugins are: {', '.join(sorted(installed)) or 'none'})",
         not_installed=True,
-        hint=f"did you mean {close[0]!r}?"
-        if close
-        else f"install the distribution that provides a {GROUP!r} entry point named {name!r}, "
+        hint=f"install the distribution that provides a {GROUP!r} entry point named {name!r}, "
         "or remove the name from host.plugins",
     )
     return plugin
+
+
+def _near_name(plugin: Plugin, near: Installed) -> PluginError:
+    """A name in host.plugins close to an installed plugin's: one of the two is misspelled."""
+    ep = near.entry_point
+    fix = fix_and_reinstall(ep.dist, near.distribution, "the entry point's name", None)
+    return plugin.error_for(
+        "is named in host.plugins but no installed distribution provides it; "
+        f"{near.distribution}=={near.version} provides the near name {ep.name!r} ({describe(ep)})",
+        not_installed=True,
+        hint=f"did you mean {ep.name!r}? Either host.plugins or {near.distribution}'s entry point is "
+        f"misspelled: correct host.plugins, or {fix}",
+    )
 
 
 def _provided_twice(plugin: Plugin, items: list[Installed]) -> PluginError:
@@ -514,6 +535,22 @@ def _load(pm: HostPluginManager, plugin: Plugin, ep: metadata.EntryPoint) -> Non
     unknown = [hook for hook in plugin.hooks if getattr(pm.hook, hook).spec is None]
     if unknown:
         pm.fail(plugin, _unknown_hook(plugin, unknown[0], pm))
+    elif not plugin.hooks:
+        pm.fail(plugin, _no_hooks(plugin, ep))
+
+
+def _no_hooks(plugin: Plugin, ep: metadata.EntryPoint) -> PluginError:
+    """An entry point at an object with no ``@hookimpl`` function: the plugin would do nothing."""
+    beside = hookimpls_beside(ep.module)
+    close = None
+    if beside:
+        name, count = max(beside, key=lambda found: found[1])
+        close = f"did you point the entry point at the wrong module? ({name} has {count})"
+    fix = fix_and_reinstall(plugin.dist, plugin.distribution or plugin.name, "the entry point", close)
+    return plugin.error_for(
+        f"{ep.value} has no hook implementations (@hookimpl functions): the plugin would do nothing",
+        hint=fix if close else f"mark its hook functions with @hookimpl, or {fix}",
+    )
 
 
 def _missing_attribute(plugin: Plugin, ep: metadata.EntryPoint, module: types.ModuleType) -> PluginError:

@@ -52,6 +52,33 @@ def _check_environment(
                     if options
                     else "the plugin declares no options: unset the variable",
                 )
+    _check_misspelled_plugin_variables(pm, declared, config)
+
+
+def _check_misspelled_plugin_variables(
+    pm: HostPluginManager, declared: dict[str, dict[str, Option]], config: HostConfig
+) -> None:
+    """``HOST_PLUGIN_WEATHR_RETRIES`` for ``weather``'s ``retries``: a typo in the plugin's part.
+
+    A variable of a plugin that is installed but not enabled, or of none near
+    an enabled one, is left alone: it may be meant for another configuration.
+    """
+    installed = tuple(env_var(p.name, "") for p in pm.records) + tuple(env_var(n, "") for n in pm.order)
+    options = {env_var(p.name, o): p for p in pm.active for o in declared.get(p.name, {})}
+    bare = {var[len(PLUGIN_ENV_PREFIX) :]: var for var in options}
+    for var in sorted(config.plugin_environ):
+        if var.startswith(installed):
+            continue
+        close = near(var[len(PLUGIN_ENV_PREFIX) :], bare, cutoff=0.8)
+        if close:
+            meant = bare[close[0]]
+            raise ConfigError(
+                f"this variable sets no plugin's option, but looks meant for plugin {options[meant].label}: "
+                "it is not read",
+                path=ENVIRONMENT,
+                key=var,
+                hint=f"did you mean {meant}?",
+            )
 
 
 def _check_sections(pm: HostPluginManager, config: HostConfig) -> None:
@@ -68,7 +95,7 @@ def _check_sections(pm: HostPluginManager, config: HostConfig) -> None:
     for section in config.parser.sections():
         if section in enabled or section in installed:
             continue
-        close = near(section, enabled, cutoff=0.8)
+        close = near(section, enabled, cutoff=0.8) or _part_of(section, enabled)
         if close:
             keys = list(config.parser[section])
             path = config.origin(section, keys[0]) if keys else config.path
@@ -80,6 +107,18 @@ def _check_sections(pm: HostPluginManager, config: HostConfig) -> None:
                 section=section,
                 hint=f"did you mean [{close[0]}]?",
             )
+
+
+def _part_of(section: str, enabled: dict[str, str]) -> list[str]:
+    """``[plugin:weather]`` for ``hostext_weather`` (or the other way round): a part of the name."""
+    name = section.removeprefix("plugin:")
+    if name == section or not name:
+        return []
+
+    def parts(text: str) -> set[str]:
+        return set(re.split(r"[-_.]", text.lower())) - {""}
+
+    return [s for s, n in enabled.items() if parts(name) < parts(n) or parts(n) < parts(name)][:1]
 
 
 def env_var(plugin: str, option: str) -> str:

@@ -258,8 +258,10 @@ def check_arguments(
     every extension's tasks, and a web application has those it imported, once
     its app is finalized (Celery registers decorated tasks then; sending by name
     never finalizes it). Nothing is imported for the check, which costs a few
-    microseconds (a task's signature is read once); a task whose
-    ``typing`` is False (Celery's own switch for this check) is not checked.
+    microseconds (a task's signature is read once). What is checked is what
+    Celery's ``apply_async`` checks (``Task.__header__``): a task whose
+    ``typing`` is False (Celery's own switch for this check) and a class-based
+    task (Celery builds no header for it) are not checked.
     A worker would fail the task with a TypeError instead, after the fact.
 
     :param what: what the arguments are, to start the message (``item 3: ``).
@@ -318,14 +320,18 @@ def task_signature(app: Any, name: str) -> inspect.Signature | None:
     # The registry itself, as Celery's send_task reads it: app.tasks would
     # finalize the app merely to look.
     task = app._tasks.get(name)
-    if task is None or not getattr(task, "typing", True):
+    # Only what Celery's apply_async checks itself: a task with typing, built from a function
+    # (@app.task gives it __header__; a Task subclass has none and is never checked).
+    if task is None or not getattr(task, "typing", True) or not hasattr(task, "__header__"):
         return None
     try:
         return _signatures[task]
     except (KeyError, TypeError):
         pass
     try:
-        signature: inspect.Signature | None = inspect.signature(task.run)
+        # The signature Celery's head_from_fun reads: getfullargspec, which does not follow
+        # __wrapped__; a functools.wraps decorator that supplies an argument takes fewer.
+        signature: inspect.Signature | None = inspect.signature(task.run, follow_wrapped=False)
     except (TypeError, ValueError):  # a run that is not a Python function
         signature = None
     with suppress(TypeError):  # a task that cannot be weakly referenced: read each time

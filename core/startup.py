@@ -108,6 +108,9 @@ class Host:
         (one its modules registered before it failed, or a name it shares with
         another extension) is refused, naming both: the message would wait for a
         worker that cannot start, or run another extension's task of that name.
+        Any other task is refused too while an extension is broken and
+        ``host.extensions.on_error`` is not ``warn``, with the error ``host
+        celeryd`` stops on: no worker can start on this configuration to run it.
         """
         from core.discovery import check_task_name
 
@@ -122,6 +125,8 @@ class Host:
                     hint=ext.error.hint,
                 )
         check_task_name(name, self.known_tasks(), broken=broken)
+        if self.config.host["extensions.on_error"] != "warn":
+            enforce(self.discovery.errors, self.config)
 
     def _contested(self, name: str, error: ExtensionError) -> None:
         """Two extensions define ``name``: refuse while no worker can start, else warn."""

@@ -8,6 +8,7 @@ first connection. Nothing is connected to.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +40,8 @@ _BACKEND_NEEDS = {
     "arangodb": ("pyArango", "pyArango"),
     "gs": ("google.cloud.storage", "google-cloud-storage"),
 }
+#: ``amqp:/host//``, ``redis:h/0``: a scheme and a colon without the two slashes a URL needs.
+_MALFORMED = re.compile(r"^([A-Za-z][\w+.-]*):(?!//)")
 
 
 def check_urls(config: HostConfig, settings: Mapping[str, Any], changed_by: Mapping[str, str]) -> None:
@@ -62,9 +65,45 @@ def _scheme(url: str) -> str:
     return url.partition("://")[0].partition("+")[0] if "://" in url else url
 
 
+def _check_form(config: _Where, key: str, url: str, known: Mapping[str, Any]) -> None:
+    """``amqp:/127.0.0.1:5672//`` is a malformed URL, not a transport to import."""
+    if "://" in url:
+        return
+    found = _MALFORMED.match(url)
+    # ``pkg.module:Backend``, a class by its dotted path, has no "/" and no known scheme.
+    if found is None or (found[1].partition("+")[0] not in known and "/" not in url):
+        return
+    scheme, rest = found[1], url[len(found[1]) + 1 :]
+    # sqlite's absolute path keeps its own slash: sqlite:/abs -> sqlite:////abs.
+    fixed = f"{scheme}:///{rest}" if scheme.endswith("sqlite") else f"{scheme}://{rest.lstrip('/')}"
+    shown = re.sub(r"(?<=:)[^:@/]+(?=@)", "**", url)  # mask_url knows only well-formed URLs
+    raise ConfigError(
+        f"{shown}: malformed URL: the form is {scheme}://host:port/... (two slashes after '{scheme}:')",
+        **config(key),
+        hint=f"did you mean {mask_url(fixed)}?",
+    )
+
+
+def _check_embedded(config: _Where, key: str, url: str, what: str, file: str) -> None:
+    """``embedded+sqlit:///x``: the embedded broker and result store take a SQLite file's URL."""
+    sqlite = url.partition("+")[2]
+    try:
+        embedded.sqlite_path(sqlite)
+    except ValueError:
+        given = sqlite.partition("://")[0]
+        close = given != "sqlite" and difflib.get_close_matches(given, ["sqlite"], n=1)
+        raise ConfigError(
+            f"{mask_url(url)}: the embedded {what} needs a URL like "
+            f"embedded+sqlite:///%(here)s/data/{file}, got {sqlite!r}",
+            **config(key),
+            hint=f"did you mean {embedded.SCHEME}+sqlite://?" if close else None,
+        ) from None
+
+
 def _check_transport(config: _Where, key: str, url: str) -> None:
     from kombu.transport import TRANSPORT_ALIASES, resolve_transport
 
+    _check_form(config, key, url, {**TRANSPORT_ALIASES, embedded.SCHEME: None})
     scheme = _scheme(url)
     try:
         resolve_transport(scheme)
@@ -76,19 +115,19 @@ def _check_transport(config: _Where, key: str, url: str) -> None:
     if scheme in _TRANSPORT_NEEDS:
         _require(config, key, url, _TRANSPORT_NEEDS[scheme])
     if scheme == embedded.SCHEME:
-        try:
-            embedded.sqlite_path(url.partition("+")[2])
-        except ValueError as e:
-            raise _url_error(config, key, url, str(e), None, {}) from None
+        _check_embedded(config, key, url, "broker", "broker.sqlite")
 
 
 def _check_backend(config: _Where, url: str) -> None:
     from celery.app.backends import BACKEND_ALIASES
     from celery.utils.imports import load_extension_class_names, symbol_by_name
 
+    _check_form(config, "result_backend", url, {**BACKEND_ALIASES, embedded.SCHEME: None})
     scheme = _scheme(url)
     if scheme in _BACKEND_NEEDS:
         _require(config, "result_backend", url, _BACKEND_NEEDS[scheme])
+        if scheme == embedded.SCHEME:
+            _check_embedded(config, "result_backend", url, "result store", "results.sqlite")
         return
     if scheme in BACKEND_ALIASES or scheme in dict(load_extension_class_names("celery.result_backends")):
         return

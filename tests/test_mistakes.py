@@ -11,6 +11,7 @@ needs a broker, the embedded one, with no worker consuming.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from textwrap import dedent
@@ -80,13 +81,14 @@ def weather(
     returns: str = '["hostext_weather.tasks"]',
     plugin: str = PLUGIN,
     plugin_entry_point: str = "hostext_weather.plugin",
+    plugin_name: str = "weather",
     tasks: str = TASKS,
 ) -> Path:
     """The distribution hostext-weather 0.1, as its author wrote it, mistakes included; its package folder."""
     site.add(
         "hostext-weather",
         "0.1",
-        {group: {"tasks": entry_point}, "host.plugins": {"weather": plugin_entry_point}},
+        {group: {"tasks": entry_point}, "host.plugins": {plugin_name: plugin_entry_point}},
         {
             "hostext_weather/__init__.py": "",
             "hostext_weather/celery_import.py": f"def task_imports():\n    return {returns}\n",
@@ -151,6 +153,39 @@ def test_a_path_task_imports_returns_with_a_typo(site: Site, tmp_path: Path) -> 
         f"hostext_weather ({package}) has no module task\n"
         "  -> did you mean hostext_weather.tasks? Fix the path task_imports() returns "
         f"({package / 'celery_import.py'}, line 1)"
+    ]
+
+
+def test_a_bare_module_name_task_imports_returns(site: Site, tmp_path: Path) -> None:
+    package = weather(site, returns='["tasks"]')
+
+    status, _, stderr = run(site, tmp_path, "tasks", "--config", str(ini(tmp_path)))
+
+    assert status == 2
+    assert errors(stderr) == [
+        f"Error: extension hostext-weather==0.1 (entry point host.celery_task:tasks = {ENTRY_POINT}): "
+        "module tasks (a module task_imports() returned) does not exist: no top-level module tasks is "
+        "installed: a module path starts at its top-level package\n"
+        "  -> did you mean hostext_weather.tasks? Fix the path task_imports() returns "
+        f"({package / 'celery_import.py'}, line 1)"
+    ]
+    assert "not installed" not in stderr and "pip install" not in stderr
+
+
+def test_an_editable_extension_is_reinstalled_from_its_folder(site: Site, tmp_path: Path) -> None:
+    weather(site, returns='["rainfall.tasks"]')
+    project = tmp_path / "hostext-weather"
+    project.mkdir()
+    direct_url = {"url": project.as_uri(), "dir_info": {"editable": True}}
+    (site.path / "hostext_weather-0.1.dist-info" / "direct_url.json").write_text(json.dumps(direct_url))
+
+    status, _, stderr = run(site, tmp_path, "tasks", "--config", str(ini(tmp_path)))
+
+    assert status == 2
+    assert errors(stderr) == [
+        f"Error: extension hostext-weather==0.1 (entry point host.celery_task:tasks = {ENTRY_POINT}): "
+        "module rainfall.tasks (a module task_imports() returned) is not installed\n"
+        f"  -> reinstall hostext-weather (pip install -e {project}), or uninstall it"
     ]
 
 
@@ -240,6 +275,24 @@ def test_a_hookimpl_with_an_argument_the_hook_does_not_have(site: Site, tmp_path
     assert "hookspec" not in stderr  # not pluggy's own words
 
 
+def test_a_plugin_entry_point_at_a_module_with_no_hooks(site: Site, tmp_path: Path) -> None:
+    weather(site, plugin_entry_point="hostext_weather.celery_import")
+    hint = (
+        "  -> did you point the entry point at the wrong module? (hostext_weather.plugin has 2) Correct "
+        f"the entry point in hostext-weather's setup.py or pyproject.toml, {reinstall()}"
+    )
+
+    for path in (ini(tmp_path), ini(tmp_path, "[plugin:weather]", "retries = 5")):
+        status, _, stderr = run(site, tmp_path, "tasks", "--config", str(path))
+
+        assert status == 2
+        assert errors(stderr) == [
+            "Error: plugin 'weather' (hostext-weather==0.1, entry point host.plugins:weather = "
+            "hostext_weather.celery_import): hostext_weather.celery_import has no hook implementations "
+            f"(@hookimpl functions): the plugin would do nothing\n{hint}"
+        ]
+
+
 # -- 4: plugin options -----------------------------------------------------------------
 
 
@@ -260,6 +313,59 @@ def test_a_plugin_number_option_says_its_rule(site: Site, tmp_path: Path, line: 
     assert status == 2
     key = line.split(" = ")[0]
     assert stderr == f"Error: {path}, section [plugin:weather], key {key!r}: {problem}\n"
+
+
+@pytest.mark.parametrize(
+    ("declaration", "problem", "fix"),
+    [
+        (
+            'declare("count", type="int", default="many")',
+            "declares the int option 'count' with the default 'many', which is not an int",
+            "give a default of the option's type, a whole number such as default=3, or None",
+        ),
+        (
+            'declare("flag", type="bool", default="no")',
+            "declares the bool option 'flag' with the default 'no', which is not a bool",
+            "give a default of the option's type, True or False, or None",
+        ),
+        (
+            'declare("mode", choices=["a", "b"], default="c")',
+            "declares the option 'mode' with the default 'c', which is not one of its choices: 'a', 'b'",
+            "make the default one of the choices, or add it to them",
+        ),
+        (
+            'declare("greeting", defualt="Hi")',
+            "declares the option 'greeting' with defualt=, which declare() does not take; it takes name, "
+            "type, default, help, choices, required, minimum, maximum",
+            "did you mean default=?",
+        ),
+        (
+            'declare("greeting", type="str")',
+            "declares the option 'greeting' with type 'str'; use one of string, int, float, bool, list, "
+            "dict, any",
+            'did you mean type="string"?',
+        ),
+        (
+            'declare("count", type="integer")',
+            "declares the option 'count' with type 'integer'; use one of string, int, float, bool, list, "
+            "dict, any",
+            'did you mean type="int"?',
+        ),
+    ],
+)
+def test_a_bad_option_declaration(
+    site: Site, tmp_path: Path, declaration: str, problem: str, fix: str
+) -> None:
+    weather(site, plugin=dedent(PLUGIN).replace('declare("retries", type="int", default=3)', declaration))
+
+    status, _, stderr = run(site, tmp_path, "tasks", "--config", str(ini(tmp_path)))
+
+    assert status == 2
+    assert errors(stderr) == [
+        "Error: plugin 'weather' (hostext-weather==0.1, entry point host.plugins:weather = "
+        f"hostext_weather.plugin): {problem}\n  -> {fix}"
+    ]
+    assert "unexpected keyword argument" not in stderr
 
 
 def test_a_latitude_can_be_a_float_option(site: Site, tmp_path: Path) -> None:
@@ -291,6 +397,35 @@ def test_a_misspelled_plugin_section(site: Site, tmp_path: Path) -> None:
     )
 
 
+def test_a_plugin_section_named_after_part_of_the_plugin(site: Site, tmp_path: Path) -> None:
+    weather(site, plugin_name="hostext_weather")
+    path = ini(tmp_path, "[plugin:weather]", "retries = 5", plugins="hostext_weather")
+
+    status, _, stderr = run(site, tmp_path, "tasks", "--config", str(path))
+
+    assert status == 2
+    assert stderr == (
+        f"Error: {path}, section [plugin:weather]: this section configures no plugin, but looks meant for "
+        "plugin 'hostext_weather', which host.plugins enables: its options are not read from here\n"
+        "  -> did you mean [plugin:hostext_weather]?\n"
+    )
+
+
+def test_a_typo_in_the_plugin_part_of_a_variable(site: Site, tmp_path: Path) -> None:
+    weather(site)
+
+    status, _, stderr = run(
+        site, tmp_path, "tasks", "--config", str(ini(tmp_path)), env={"HOST_PLUGIN_WEATHR_RETRIES": "5"}
+    )
+
+    assert status == 2
+    assert stderr == (
+        "Error: environment, key 'HOST_PLUGIN_WEATHR_RETRIES': this variable sets no plugin's option, but "
+        "looks meant for plugin weather (hostext-weather==0.1): it is not read\n"
+        "  -> did you mean HOST_PLUGIN_WEATHER_RETRIES?\n"
+    )
+
+
 def test_a_misspelled_option_key_and_plugin_name(site: Site, tmp_path: Path) -> None:
     weather(site)
     key = ini(tmp_path, "[plugin:weather]", "retrys = 5")
@@ -305,6 +440,24 @@ def test_a_misspelled_option_key_and_plugin_name(site: Site, tmp_path: Path) -> 
     assert status == 2
     assert "plugin 'wether' is named in host.plugins but no installed distribution provides it" in stderr
     assert "  -> did you mean 'weather'?" in stderr
+
+
+def test_a_typo_in_the_plugin_entry_point_name(site: Site, tmp_path: Path) -> None:
+    weather(site, plugin_name="hostext_weathr")
+
+    status, _, stderr = run(
+        site, tmp_path, "tasks", "--config", str(ini(tmp_path, plugins="hostext_weather"))
+    )
+
+    assert status == 2
+    assert errors(stderr) == [
+        "Error: plugin 'hostext_weather' is named in host.plugins but no installed distribution provides "
+        "it; hostext-weather==0.1 provides the near name 'hostext_weathr' (host.plugins:hostext_weathr = "
+        "hostext_weather.plugin)\n"
+        "  -> did you mean 'hostext_weathr'? Either host.plugins or hostext-weather's entry point is "
+        "misspelled: correct host.plugins, or correct the entry point's name in hostext-weather's setup.py "
+        f"or pyproject.toml, {reinstall()}"
+    ]
 
 
 # -- 5, 10: plugin commands ------------------------------------------------------------
@@ -382,6 +535,51 @@ def test_a_broker_scheme_typo_in_host_doctor(site: Site, tmp_path: Path) -> None
     )
 
 
+def test_a_result_store_sub_scheme_typo_everywhere(site: Site, tmp_path: Path) -> None:
+    weather(site)
+    path = write_ini(
+        tmp_path, EMBEDDED.replace("backend = embedded+sqlite", "backend = embedded+sqlit"), "w.ini"
+    )
+    url = f"{tmp_path}/data/results.sqlite"
+    problem = (
+        f"{path}, section [app:main], key 'celery.result_backend': embedded+sqlit:///{url}: the embedded "
+        f"result store needs a URL like embedded+sqlite:///%(here)s/data/results.sqlite, got 'sqlit:///{url}'"
+    )
+
+    doctor = run(site, tmp_path, "doctor", "--config", str(path))
+    send = run(site, tmp_path, "send", "weather.now", '"Paris"', "--wait", "--config", str(path))
+    celeryd = run(site, tmp_path, "celeryd", "--config", str(path))
+
+    assert doctor == (2, f"FAIL config: {problem} -> did you mean embedded+sqlite://?\n", "")
+    assert send == celeryd == (2, "", f"Error: {problem}\n  -> did you mean embedded+sqlite://?\n")
+    assert not (tmp_path / "data" / "broker.sqlite").exists()  # nothing was sent
+
+
+@pytest.mark.parametrize(
+    ("url", "fixed"),
+    [
+        ("amqp:/127.0.0.1:5672//", "amqp://127.0.0.1:5672//"),
+        ("amqp:/guest:s3cret@127.0.0.1:5672//", "amqp://guest:**@127.0.0.1:5672//"),
+        ("embedded+sqlite:/srv/broker.sqlite", "embedded+sqlite:////srv/broker.sqlite"),
+    ],
+)
+def test_a_broker_url_with_one_slash_is_malformed(site: Site, tmp_path: Path, url: str, fixed: str) -> None:
+    weather(site)
+    body = EMBEDDED.replace("embedded+sqlite:///%(here)s/data/broker.sqlite", url)
+    path = write_ini(tmp_path, body, "weather.ini")
+    scheme = url.partition(":")[0]
+
+    status, stdout, stderr = run(site, tmp_path, "tasks", "--config", str(path))
+
+    assert (status, stdout) == (2, "")
+    assert stderr == (
+        f"Error: {path}, section [app:main], key 'celery.broker_url': {url.replace('s3cret', '**')}: "
+        f"malformed URL: the form is {scheme}://host:port/... (two slashes after '{scheme}:')\n"
+        f"  -> did you mean {fixed}?\n"
+    )
+    assert "cannot be imported" not in stderr
+
+
 # -- 7: two extensions, one task name ---------------------------------------------------------
 
 OTHER_TASKS = """
@@ -450,11 +648,14 @@ def test_doctor_fails_extensions_and_the_beat_entry_of_a_contested_task(site: Si
 
 
 def test_send_refuses_a_task_of_the_extension_left_out(site: Site, tmp_path: Path) -> None:
-    clash(site)
+    package = clash(site)
     path = ini(tmp_path)
 
     contested = run(site, tmp_path, "send", "weather.now", '"Paris"', "--config", str(path))
     lost = run(site, tmp_path, "send", "weather.first", "--config", str(path))
+    # The surviving extension's own task: no worker can start on this configuration to run it either.
+    intact = run(site, tmp_path, "send", "other.own", "--config", str(path))
+    worker = run(site, tmp_path, "celeryd", "--config", str(path), env={"HOST_ALLOW_ROOT": "true"})
 
     assert contested == (
         2,
@@ -468,6 +669,17 @@ def test_send_refuses_a_task_of_the_extension_left_out(site: Site, tmp_path: Pat
     assert lost[:2] == (2, "")
     assert lost[2].startswith(
         "Error: task 'weather.first' belongs to hostext-weather==0.1, which is broken, so no worker runs it: "
+    )
+    assert intact == worker  # what `host celeryd` stops on
+    assert intact == (
+        2,
+        "",
+        "Error: extension hostext-weather==0.1 (entry point host.celery_task:tasks = "
+        "hostext_weather.celery_import:task_imports): task name 'weather.now' in module "
+        f"hostext_weather.tasks ({package / 'tasks.py'}, line 8) is already registered by "
+        "hostext-other==0.2 (module hostext_other.tasks): none of hostext-weather's tasks are loaded\n"
+        "  -> task names must be unique across extensions: rename one of the tasks, or disable one of "
+        "the extensions: host.celery_task.disabled = hostext-weather\n",
     )
     assert not (tmp_path / "data" / "broker.sqlite").exists()  # nothing was sent
 
@@ -525,6 +737,45 @@ def test_send_checks_the_arguments_against_the_signature(
         f"  -> send the arguments it takes ({name} is defined at {package / 'tasks.py'}, line {line})\n"
     )
     assert not (tmp_path / "data" / "broker.sqlite").exists()  # nothing was sent
+
+
+WRAPPED = """
+    import functools
+
+    from core.celery_app import celery
+
+
+    def in_celsius(fun):
+        @functools.wraps(fun)
+        def wrapper(value):
+            return fun("celsius", value)
+
+        return wrapper
+
+
+    @celery.task(name="weather.convert")
+    @in_celsius
+    def convert(unit, value):
+        return {"unit": unit, "value": value}
+    """
+
+
+def test_send_checks_what_celery_checks_of_a_wrapped_task(site: Site, tmp_path: Path) -> None:
+    # The wrapper's signature, as Celery's head_from_fun reads it, not the one functools.wraps points to.
+    package = weather(site, tasks=WRAPPED)
+    path = ini(tmp_path)
+
+    sent = run(site, tmp_path, "send", "weather.convert", "21", "--config", str(path))
+    refused = run(site, tmp_path, "send", "weather.convert", "21", "22", "--config", str(path))
+
+    assert sent[0] == 0, sent[2]
+    assert re.fullmatch(r"[0-9a-f-]{36}\n", sent[1])
+    assert refused == (
+        2,
+        "",
+        "Error: task weather.convert(value) was given 2 positional arguments: too many positional arguments\n"
+        f"  -> send the arguments it takes (weather.convert is defined at {package / 'tasks.py'}, line 15)\n",
+    )
 
 
 def test_send_says_which_keyword_was_meant(site: Site, tmp_path: Path) -> None:
@@ -604,3 +855,31 @@ def test_the_one_send_path_checks_a_task_registered_here(fresh_app: HostCelery, 
         bulk.send_many(app, "here.add", [[1, 2], [1, 2, 3]])
     # A task this process does not have is sent unchecked: only its worker knows it.
     assert sending.send(app, "elsewhere.add", [1, 2, 3], {}, wait=False).id
+
+
+def test_the_one_send_path_leaves_unchecked_what_celery_does_not_check(
+    fresh_app: HostCelery, tmp_path: Path
+) -> None:
+    # Celery checks arguments only of a task built from a function (its __header__), with typing on.
+    from core import sending
+
+    app = configure_app(
+        fresh_app, load_config(write_ini(tmp_path, "[app:main]\ncelery.broker_url = memory://\n"), environ={})
+    )
+
+    class Add(app.Task):  # type: ignore[name-defined,misc]  # app.Task is a Celery property
+        name = "here.add"
+
+        def run(self, x, y):
+            return x + y
+
+    app.register_task(Add())
+
+    @app.task(name="here.untyped", typing=False)
+    def untyped(x, y):
+        return x + y
+
+    app.finalize()
+    for name in ("here.add", "here.untyped"):
+        assert app.tasks[name].apply_async([1], countdown=60).id  # as Celery itself sends it
+        assert sending.send(app, name, [1], {}, wait=False).id

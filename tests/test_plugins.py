@@ -186,17 +186,24 @@ def test_installed_plugin_that_is_not_enabled_is_recorded_but_not_imported(site:
 
 
 @pytest.mark.parametrize(
-    ("name", "hint"),
+    ("name", "found", "hint"),
     [
-        ("helo", "did you mean 'hello'?"),
+        (
+            "helo",
+            "; hello-plugin==1.0 provides the near name 'hello' (host.plugins:hello = hello_plugin)",
+            "did you mean 'hello'? Either host.plugins or hello-plugin's entry point is misspelled: correct "
+            "host.plugins, or correct the entry point's name in hello-plugin's setup.py or pyproject.toml, "
+            "then reinstall hello-plugin: entry points are read at install time",
+        ),
         (
             "zzz",
+            " (the installed plugins are: audit, hello)",
             "install the distribution that provides a 'host.plugins' entry point named 'zzz', "
             "or remove the name from host.plugins",
         ),
     ],
 )
-def test_plugin_named_but_not_installed(site: Site, name: str, hint: str) -> None:
+def test_plugin_named_but_not_installed(site: Site, name: str, found: str, hint: str) -> None:
     add_plugin(site, "hello", HELLO)
     add_plugin(site, "audit", NOT_IMPORTED)
 
@@ -204,8 +211,8 @@ def test_plugin_named_but_not_installed(site: Site, name: str, hint: str) -> Non
 
     error = only_error(pm)
     assert str(error) == (
-        f"plugin {name!r} is named in host.plugins but no installed distribution provides it "
-        f"(the installed plugins are: audit, hello)\n  -> {hint}"
+        f"plugin {name!r} is named in host.plugins but no installed distribution provides it{found}\n"
+        f"  -> {hint}"
     )
     assert (error.plugin, error.distribution, error.entry_point, error.not_installed) == (
         name,
@@ -845,8 +852,8 @@ def test_environment_variable_of_a_plugin_that_is_not_enabled_is_ignored(site: S
     ("declarations", "problem"),
     [
         (
-            'declare("count", type="integer")',
-            "declares the option 'count' with type 'integer'; "
+            'declare("count", type="uuid")',
+            "declares the option 'count' with type 'uuid'; "
             "use one of string, int, float, bool, list, dict, any",
         ),
         (
@@ -1510,6 +1517,53 @@ def test_hook_host_register_commands(site: Site, tmp_path: Path) -> None:
     # (The column's width is the longest command name's.)
     assert "hello Greet NAME with the greeting of [plugin:hello]." in words(listed.stdout.splitlines())
     assert (ran.returncode, ran.stdout, ran.stderr) == (0, "Hi, Ada!\n", "")
+
+
+FEEDS_CLI = """
+import click
+
+from plugins import hookimpl, plugin_config
+
+
+@hookimpl
+def host_config_declarations(declare):
+    declare("greeting", default="Hello")
+
+
+@hookimpl
+def host_register_commands(cli):
+    @cli.group()
+    def feeds():
+        \"\"\"The feeds.\"\"\"
+
+    @feeds.command(name="import")
+    @click.option("--config", "feed_config")
+    def import_(feed_config):
+        \"\"\"Import the feeds FEED_CONFIG lists.\"\"\"
+        click.echo(f"{plugin_config('feeds')['greeting']}: importing {feed_config}")
+
+    @feeds.command(name="list")
+    def list_():
+        \"\"\"List the feeds.\"\"\"
+        click.echo(f"{plugin_config('feeds')['greeting']}: no feeds")
+"""
+
+
+def test_a_plugin_commands_own_config_option_is_its_own(site: Site, tmp_path: Path) -> None:
+    add_plugin(site, "feeds", FEEDS_CLI)
+    ini = cli_ini(tmp_path, "feeds", "[plugin:feeds]", "greeting = Hi")
+    env = host_env(pythonpath=[site.path])
+
+    before = host("--config", str(ini), "feeds", "import", "--config", "feeds.yaml", env=env, cwd=tmp_path)
+    default = host(
+        "feeds", "import", "--config=feeds.yaml", env={**env, "HOST_CONFIG": str(ini)}, cwd=tmp_path
+    )
+    # A subcommand without its own --config takes the host's, after its name as before it.
+    host_s = host("feeds", "list", "--config", str(ini), env=env, cwd=tmp_path)
+
+    assert (before.returncode, before.stdout, before.stderr) == (0, "Hi: importing feeds.yaml\n", "")
+    assert (default.returncode, default.stdout, default.stderr) == (0, "Hi: importing feeds.yaml\n", "")
+    assert (host_s.returncode, host_s.stdout, host_s.stderr) == (0, "Hi: no feeds\n", "")
 
 
 def test_help_lists_the_plugin_commands_of_the_file_given_with_config(site: Site, tmp_path: Path) -> None:

@@ -243,3 +243,22 @@ def test_classic_queues_carry_no_queue_type_and_the_inis_own_queues_are_left_as_
     queues = {name: queue.queue_arguments for name, queue in app.amqp.queues.items()}
     assert queues == {"host:shop:reports": None, "host:shop:example": {"x-queue-type": "quorum"}}
     app.close()
+
+
+def test_a_countdown_reads_the_broker_transport_only_when_under_a_second(tmp_path: Path) -> None:
+    """Whether Celery delays natively is read only for a countdown under a second, once per broker
+    URL: reading it builds a kombu Connection (core/app.py). In memory: nothing leaves the process."""
+    from core.app import _delays_natively
+
+    app = app_for(tmp_path, quorum_ini("shop"))
+    app.conf.broker_url = "memory://"
+
+    app.send_task("example.add", [1, 2], countdown=5)
+    assert app.host_driver_types == {}
+    app.send_task("example.add", [1, 2], countdown=0.5)
+    app.send_task("example.add", [1, 2], countdown=0.5)
+    assert app.host_driver_types == {("memory://", None): "memory"}
+    app.conf.broker_url = RABBITMQ_URL  # another broker: read anew (not connected to)
+    assert _delays_natively(app)
+    assert app.host_driver_types == {("memory://", None): "memory", (RABBITMQ_URL, None): "amqp"}
+    app.close()

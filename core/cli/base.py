@@ -19,14 +19,13 @@ from core.errors import HostError
 
 if TYPE_CHECKING:
     from core.plugin_manager import Plugin
-    from core.startup import Host
+    from core.startup import Host, PluginCommands
 
 CONFIG_HELP = "The ini file (default: $HOST_CONFIG, else ./development.ini)."
 TRACEBACK_HELP = "Show the traceback when a plugin's command fails (or set HOST_DEBUG=1)."
-_PLUGIN_COMMANDS = "host.plugin_commands"
-_PLUGIN_OWNERS = "host.plugin_owners"
-_PLUGIN_PROBLEM = "host.plugin_problem"
-_NO_CONFIG = "host.no_config"
+#: The plugins' commands found with each configuration file: ``{path: PluginCommands}``, or the
+#: first line of the error when there is no such file.
+_FOUND = "host.plugins_found"
 #: The ``host`` options given after a plugin's command name (``host weather now --config F``).
 _LATE = "host.late_options"
 #: The plugin command being run: ``(words of the command, the plugin)``.
@@ -50,7 +49,7 @@ class HostGroup(click.Group):
         if args and args[0] not in self.commands:
             # Perhaps a plugin's command, found by reading host.plugins from the
             # configuration: which may be given after it, as for every built-in command.
-            ctx.meta[_LATE] = late_host_options(args[1:])
+            ctx.meta[_LATE] = self._late_options(ctx, args[0], args[1:])
         try:
             name, command, rest = super().resolve_command(ctx, args)
         except click.NoSuchCommand as e:
@@ -84,6 +83,27 @@ class HostGroup(click.Group):
             words, plugin = running
             raise self._plugin_command_failed(ctx, words, plugin, e) from e
 
+    def _late_options(self, ctx: click.Context, name: str, args: list[str]) -> dict[str, str | bool]:
+        """``host``'s own options among ``args``, which follow the plugin command ``name``.
+
+        An option the command itself takes (``@click.option("--config", "feed_config")``)
+        is the command's. Which command ``name`` is depends on the configuration: a
+        ``--config`` after it is the command's when the command found with the host's
+        other configuration (``--config`` before it, else the default) takes one too.
+        """
+        late = late_host_options(args)
+        ctx.meta[_LATE] = late
+        command = self.plugin_commands(ctx).get(name)
+        if "--config" in late and (command is None or declared(command, args, "--config")):
+            ctx.meta[_LATE] = {}
+            command = self.plugin_commands(ctx).get(name)
+            if command is None or not declared(command, args, "--config"):
+                ctx.meta[_LATE] = late
+                command = self.plugin_commands(ctx).get(name)
+        if command is None:
+            return late
+        return {option: value for option, value in late.items() if not declared(command, args, option)}
+
     def _plugin_command_failed(
         self, ctx: click.Context, words: list[str], plugin: Plugin | None, e: Exception
     ) -> HostError:
@@ -109,7 +129,8 @@ class HostGroup(click.Group):
         return self._with_plugin_problem(ctx, found)
 
     def _with_plugin_problem(self, ctx: click.Context, e: click.UsageError) -> click.UsageError:
-        problem = ctx.meta.get(_PLUGIN_PROBLEM) or ctx.meta.get(_NO_CONFIG)
+        found = self._found(ctx)
+        problem = found if isinstance(found, str) else found.problem
         if problem:
             return click.UsageError(
                 f"{e.format_message()}\n(Commands from plugins could not be listed: {problem})", ctx
@@ -122,35 +143,37 @@ class HostGroup(click.Group):
         return late if isinstance(late, str) else ctx.params.get("config_path")
 
     def plugin_owners(self, ctx: click.Context) -> dict[str, Plugin]:
-        self.plugin_commands(ctx)
-        return ctx.meta.get(_PLUGIN_OWNERS, {})  # type: ignore[no-any-return]
+        found = self._found(ctx)
+        return {} if isinstance(found, str) else found.owners
 
     def plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
-        """The commands the enabled plugins add, found once per run.
+        """The commands the enabled plugins add, found once per run (and configuration file).
 
         Only ``host.plugins`` is read here, not the whole configuration, so that
         ``host --help`` stays fast; a command that runs validates everything.
         """
-        if _PLUGIN_COMMANDS not in ctx.meta:
-            from core.startup import plugin_commands
+        found = self._found(ctx)
+        return {} if isinstance(found, str) else found.commands
 
-            ctx.meta[_PLUGIN_COMMANDS] = {}
+    def _found(self, ctx: click.Context) -> PluginCommands | str:
+        """What :func:`core.startup.plugin_commands` finds with the configuration file, or why none."""
+        from core.startup import plugin_commands
+
+        path = self.config_path(ctx)
+        cache: dict[str | None, PluginCommands | str] = ctx.meta.setdefault(_FOUND, {})
+        if path not in cache:
             try:
-                found = plugin_commands(self.config_path(ctx), reserved=set(self.commands))
+                cache[path] = plugin_commands(path, reserved=set(self.commands))
             except HostError as e:
                 # No configuration here: there are no plugin commands to list, which
                 # `host --help` need not mention; an unknown command's error does.
-                ctx.meta[_NO_CONFIG] = str(e).splitlines()[0]
-            else:
-                ctx.meta[_PLUGIN_COMMANDS] = found.commands
-                ctx.meta[_PLUGIN_OWNERS] = found.owners
-                if found.problem:
-                    ctx.meta[_PLUGIN_PROBLEM] = found.problem
-        return ctx.meta[_PLUGIN_COMMANDS]  # type: ignore[no-any-return]
+                cache[path] = str(e).splitlines()[0]
+        return cache[path]
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         super().format_epilog(ctx, formatter)
-        problem = ctx.meta.get(_PLUGIN_PROBLEM)
+        found = self._found(ctx) if _FOUND in ctx.meta else None
+        problem = found.problem if found is not None and not isinstance(found, str) else None
         if problem:
             formatter.write_paragraph()
             formatter.write_text(f"Commands from plugins could not be listed: {problem} (see `host doctor`)")
@@ -200,7 +223,7 @@ def late_host_options(args: Sequence[str]) -> dict[str, str | bool]:
 
 def without_host_options(args: list[str], command: click.Command) -> list[str]:
     """``args`` without ``host``'s own options, which the plugin's command does not declare itself."""
-    strip = {option for option in _HOST_OPTIONS if not declares(command, option)}
+    strip = {option for option in _HOST_OPTIONS if not declared(command, args, option)}
     kept: list[str] = []
     tokens = iter(args)
     for token in tokens:
@@ -215,12 +238,15 @@ def without_host_options(args: list[str], command: click.Command) -> list[str]:
     return kept
 
 
-def declares(command: click.Command, option: str) -> bool:
-    """Whether ``command``, or any command under it, has the option ``option``."""
-    if any(option in param.opts for param in command.params):
-        return True
-    children = command.commands.values() if isinstance(command, click.Group) else ()
-    return any(declares(child, option) for child in children)
+def declared(command: click.Command, args: Sequence[str], option: str) -> bool:
+    """Whether ``command``, or a subcommand of it that ``args`` runs, has the option ``option``.
+
+    ``host feeds import --config feeds.yaml``: the ``--config`` of ``feeds import``, when it has one.
+    """
+    chain = [command]
+    for word in subcommands(command, args):
+        chain.append(chain[-1].commands[word])  # type: ignore[attr-defined]  # a group: subcommands says so
+    return any(option in param.opts for link in chain for param in link.params)
 
 
 def subcommands(command: click.Command, args: Sequence[str]) -> list[str]:
