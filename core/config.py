@@ -248,8 +248,9 @@ FLOWER_OPTIONS: dict[str, Option] = {
         "basic_auth",
         "string",
         "",
-        "user:password[,user2:password2]: HTTP basic auth for every page and the API "
-        "(HOST_FLOWER_BASIC_AUTH keeps it out of the file). Never printed. Empty: none.",
+        "user:password[,user2:password2]: HTTP basic auth for every page and the API but "
+        "/healthcheck and /metrics (HOST_FLOWER_BASIC_AUTH keeps it out of the file). A password "
+        "cannot hold a comma. Never printed. Empty: none.",
     ),
 }
 #: ``HOST_FLOWER_<KEY>`` overrides ``flower.<key>``.
@@ -624,15 +625,20 @@ def _check_flower(flower: dict[str, Any], sources: dict[str, str], chain: IniCha
             f"{port!r} is not a port", **_where("flower.port", sources, chain), hint="write 1 to 65535"
         )
     credentials = flower.get("basic_auth") or ""
-    for n, pair in enumerate(credentials.split(",") if credentials else [], 1):
-        user, colon, password = pair.strip().partition(":")
+    pairs = [pair.strip() for pair in credentials.split(",")] if credentials else []
+    for n, pair in enumerate(pairs, 1):
+        user, colon, password = pair.partition(":")
         if not (user and colon and password):
             # The value holds passwords: say which entry is wrong, never what it says.
             raise ConfigError(
                 f"entry {n} of the value is not user:password (the value is not shown: it holds passwords)",
                 **_where("flower.basic_auth", sources, chain),
-                hint="write user:password, several separated by commas: alice:s3cret,bob:0ther",
+                hint="write user:password, several separated by commas: alice:s3cret,bob:0ther "
+                "(a password cannot hold a comma: Flower splits the value at each one)",
             )
+    if pairs:
+        # As checked: Flower compares "user:password" whole, so " bob:pw" would never match.
+        flower["basic_auth"] = ",".join(pairs)
 
 
 def _where(key: str, sources: dict[str, str], chain: IniChain) -> dict[str, Any]:

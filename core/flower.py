@@ -45,6 +45,8 @@ class FlowerRun:
     url_prefix: str
     #: What the operator should know before Flower starts.
     warnings: tuple[str, ...] = ()
+    #: Flower's own authentication options or ``FLOWER_*`` variables were given.
+    auth_given: bool = False
 
     @property
     def url(self) -> str:
@@ -54,7 +56,7 @@ class FlowerRun:
 
     @property
     def authenticated(self) -> bool:
-        return bool(self.env.get(BASIC_AUTH_ENV))
+        return bool(self.env.get(BASIC_AUTH_ENV)) or self.auth_given
 
 
 def require_flower() -> None:
@@ -75,7 +77,8 @@ def flower_run(config: HostConfig, args: Sequence[str], environ: Mapping[str, st
     port = given.get("port", str(config.flower["port"]))
     prefix = given.get("url_prefix", config.flower["url_prefix"])
     env = {BASIC_AUTH_ENV: config.flower["basic_auth"]} if config.flower["basic_auth"] else {}
-    if not _loopback(address) and not env and not any(given.get(name) for name in _AUTH_OPTIONS):
+    auth_given = any(given.get(name) for name in _AUTH_OPTIONS)
+    if not _loopback(address) and not env and not auth_given:
         raise UsageError(
             f"refusing to run Flower on {address or 'every address'} without authentication: "
             "anyone who reaches it could revoke tasks and shut workers down",
@@ -92,7 +95,9 @@ def flower_run(config: HostConfig, args: Sequence[str], environ: Mapping[str, st
             "--basic_auth on the command line is visible to every user of this machine (ps): "
             "set flower.basic_auth or HOST_FLOWER_BASIC_AUTH instead"
         )
-    return FlowerRun(["flower", *defaults, *args], env, address, _port(port), prefix, tuple(warnings))
+    return FlowerRun(
+        ["flower", *defaults, *args], env, address, _port(port), prefix, tuple(warnings), auth_given
+    )
 
 
 def flower_options(args: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:

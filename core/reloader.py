@@ -77,7 +77,7 @@ def _entry_point_module(described: str | None) -> str:
 
 
 def package_folder(module: str) -> Path | None:
-    """The folder of ``module``'s top-level package (a single-file module: its own folder)."""
+    """The folder of ``module``'s top-level package (a single-file module: that file)."""
     top = module.split(".", 1)[0]
     try:
         spec = importlib.util.find_spec(top)
@@ -89,7 +89,8 @@ def package_folder(module: str) -> Path | None:
         locations = list(spec.submodule_search_locations)
         return Path(locations[0]).resolve() if locations else None
     if spec.origin and spec.origin not in ("built-in", "frozen"):
-        return Path(spec.origin).resolve().parent
+        # A single-file module: the file itself, not the folder (site-packages) it sits in.
+        return Path(spec.origin).resolve()
     return None
 
 
@@ -131,12 +132,16 @@ class Reloader:
                     more = f" and {len(names) - 3} more" if len(names) > 3 else ""
                     self.say(f"{', '.join(names[:3])}{more} changed: restarting the worker (warm shutdown)")
                     self.stop_child()
-                    self.start()
+                    if not self.stop.is_set():  # no new worker after a Ctrl+C during the restart
+                        self.start()
         finally:
+            exited = self.child is None or self.child.poll() is not None
             status = self.stop_child()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return status
+        # A stop someone asked for is 0, as for host celeryd, also when the last worker had
+        # already stopped by itself (its status was said then).
+        return 0 if self.stop.is_set() and exited else status
 
     def _next_change(self, watchfiles: object, watch_filter: object) -> set[tuple[object, str]]:
         """Wait for the next batch of changes (a fresh watch each time: an editor that saves by
@@ -190,5 +195,15 @@ def _shown(path: str) -> str:
 
 
 def child_command(config_path: str, worker_args: Sequence[str]) -> list[str]:
-    """``host celeryd`` as the reloader runs it: the same interpreter, the same ini and options."""
-    return [sys.executable, "-m", "core", "celeryd", "--config", config_path, "--", *worker_args]
+    """``host celeryd`` as the reloader runs it: the same ``host`` script, ini and options.
+
+    The console script, not ``python -m core``: that would put the current
+    folder first on ``sys.path``, where a project of its own may have a
+    ``core`` package.
+    """
+    script = Path(sys.argv[0]) if Path(sys.argv[0]).name == "host" else Path(sys.executable).parent / "host"
+    if script.is_file():
+        command = [str(script.resolve())]
+    else:  # not installed as a script: keep the current folder off sys.path where Python can (3.11+)
+        command = [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "core"]
+    return [*command, "celeryd", "--config", config_path, "--", *worker_args]

@@ -46,12 +46,24 @@ class NewExtension:
     folder: Path
 
 
-def plan(name: str, directory: Path) -> NewExtension:
+#: Package names the generated layout itself uses: the package would merge with its tests.
+_LAYOUT = frozenset({"tests", "test", "docs"})
+
+
+def plan(name: str, directory: Path, commands: frozenset[str] = frozenset()) -> NewExtension:
     """The extension ``name`` in ``directory/name``, every name checked.
 
+    :param commands: the host's own commands: the plugin adds ``host PACKAGE``, which
+        must not be one of them.
     :raises UsageError: when ``name`` cannot be a distribution and a package, or the folder exists.
     """
     package = _package(name)
+    if package.replace("_", "-") in commands or package in commands:
+        raise UsageError(
+            f"{name!r} would name the plugin {package!r}, whose command `host {package}` would clash with "
+            f"the host's own `host {package.replace('_', '-')}`",
+            hint="choose another name, for example with a prefix: hostext-" + name,
+        )
     folder = directory / name
     if folder.exists() or folder.is_symlink():
         raise UsageError(
@@ -77,6 +89,11 @@ def _package(name: str) -> str:
         )
     if keyword.iskeyword(package):
         raise UsageError(f"{name!r} cannot name a Python package: {package!r} is a Python keyword", hint=hint)
+    if package in _LAYOUT:
+        raise UsageError(
+            f"{name!r} would name the package {package!r}, a folder of the extension's own layout",
+            hint="choose another name, for example with a prefix: hostext-" + name,
+        )
     taken = _importable(package)
     if taken:
         raise UsageError(

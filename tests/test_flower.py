@@ -84,6 +84,21 @@ def test_flower_keys_default_to_this_machine_only(tmp_path: Path) -> None:
     assert (run.env, run.url) == ({}, "http://127.0.0.1:5555/")
 
 
+def test_spaces_around_the_commas_of_basic_auth_are_dropped_for_flower(tmp_path: Path) -> None:
+    """Flower compares "user:password" whole: " bob:pw2" would lock bob out."""
+    config = load_config(
+        write_ini(tmp_path / "a.ini", "[app:main]\n"),
+        environ={"HOST_FLOWER_BASIC_AUTH": "alice:pw, bob:pw2 "},
+    )
+    assert flower_run(config, [], environ={}).env == {BASIC_AUTH_ENV: "alice:pw,bob:pw2"}
+
+
+def test_authentication_given_to_flower_directly_counts_as_authentication(tmp_path: Path) -> None:
+    config = load_config(write_ini(tmp_path / "a.ini", "[app:main]\n"), environ={})
+    assert flower_run(config, [], environ={"FLOWER_BASIC_AUTH": "alice:pw"}).authenticated
+    assert not flower_run(config, [], environ={}).authenticated
+
+
 def test_basic_auth_reaches_flower_through_its_environment_never_its_arguments(tmp_path: Path) -> None:
     ini = write_ini(
         tmp_path / "a.ini",

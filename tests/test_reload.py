@@ -122,3 +122,27 @@ def test_the_ini_file_is_watched_too(reloading: Reloading) -> None:
     reloading.worker.wait_for_log(rf"{re.escape(ini.name)} changed: restarting the worker")
     reloading.wait_for_restart(before + 1, ready + 1)
     assert reloading.version() == "fixed"
+
+
+def test_a_single_file_module_is_watched_alone_not_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An extension installed as one module file: its folder (site-packages) is not watched whole."""
+    from core.reloader import package_folder
+
+    (tmp_path / "solo_ext.py").write_text("", encoding="utf-8")
+    (tmp_path / "pkg_ext").mkdir()
+    (tmp_path / "pkg_ext" / "__init__.py").write_text("", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert package_folder("solo_ext") == (tmp_path / "solo_ext.py").resolve()
+    assert package_folder("pkg_ext.tasks") == (tmp_path / "pkg_ext").resolve()
+
+
+def test_the_worker_is_started_through_the_host_script_not_python_m_core() -> None:
+    """``python -m core`` would put the current folder first on sys.path, where a project may have a
+    ``core`` package of its own."""
+    from core.reloader import child_command
+
+    command = child_command("/srv/app/development.ini", ["-c", "2"])
+    assert Path(command[0]).name == "host" and "-m" not in command
+    assert command[1:] == ["celeryd", "--config", "/srv/app/development.ini", "--", "-c", "2"]

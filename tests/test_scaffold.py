@@ -32,6 +32,9 @@ NAME_ERRORS = [
         "'json' would name the package 'json', but a module of the standard library already has that name",
     ),
     ("celery", "'celery' would name the package 'celery', but an installed module ("),
+    ("tests", "'tests' would name the package 'tests', a folder of the extension's own layout"),
+    ("send", "'send' would name the plugin 'send', whose command `host send` would clash with"),
+    ("new_extension", "'new_extension' would name the plugin 'new_extension', whose command"),
 ]
 
 

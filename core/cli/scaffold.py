@@ -30,8 +30,9 @@ def new_extension(
     a folder that exists.
     """
     from core import scaffold
+    from core.cli.base import cli
 
-    new = scaffold.plan(name, directory)
+    new = scaffold.plan(name, directory, commands=frozenset(cli.commands))
     if description is None:
         description = "" if no_input else click.prompt("Description", default="", show_default=False)
     if author is None:
