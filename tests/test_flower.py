@@ -143,7 +143,8 @@ def test_malformed_credentials_are_an_error_that_does_not_quote_them(
     assert str(caught.value) == (
         f"{ini}, section [app:main], key 'flower.basic_auth': entry {entry} of the value is not "
         "user:password (the value is not shown: it holds passwords)\n"
-        "  -> write user:password, several separated by commas: alice:s3cret,bob:0ther"
+        "  -> write user:password, several separated by commas: alice:s3cret,bob:0ther "
+        "(a password cannot hold a comma: Flower splits the value at each one)"
     )
 
 
