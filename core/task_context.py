@@ -35,7 +35,7 @@ import os
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from functools import cache
+from functools import cache, cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -212,7 +212,7 @@ class TaskContext:
             config = self.task.app.configure_from_environment()
         return config  # type: ignore[no-any-return]
 
-    @property
+    @cached_property
     def plugin(self) -> str | None:
         """The enabled plugin this task belongs to (see :meth:`HostTask.plugin_name`), or None."""
         return self.task.plugin_name()

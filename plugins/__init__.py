@@ -64,21 +64,8 @@ __all__ = [
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
-_TOOLKIT = (
-    "broker_available",
-    "exclusive_task",
-    "host_config",
-    "inspect_workers",
-    "plugin_config",
-    "purge",
-    "queue_info",
-    "recent_results",
-    "revoke",
-    "send_many",
-    "send_task",
-    "task_result",
-    "worker_status",
-)
+#: The toolkit's names (all of __all__ but what this module defines itself), imported when first used.
+_TOOLKIT = frozenset(__all__) - {"Task", "celery", "hookimpl"}
 
 
 def __getattr__(name: str) -> Any:
